@@ -1,0 +1,179 @@
+"""``python -m bot``: the command line.
+
+    describe IMAGE...        one [Image Attached: ...] line per image (--json: full records)
+    models check             which configured models are on this machine
+    models download          fetch the missing ones (needs internet access)
+    models tiny DIR          tiny random-weight stand-ins + a config using them (offline tests)
+
+Known failures (bad config, missing model, unreadable image) print one clear line to stderr and
+exit non-zero; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.labels import LabelSetError
+from bot.models.errors import ModelUnavailable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("bot")
+
+
+def _quiet_libraries() -> None:
+    """Keep stdout for results: no download/loading progress bars from HF libraries."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from bot.imaging import ImageRejected, decode_image
+    from bot.pipeline import Analyzer
+
+    settings = _settings(args)
+    images = settings.images
+    decoded, results = [], []
+    for raw_path in args.images:
+        path = Path(raw_path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            results.append({"path": str(path), "error": f"cannot read file: {exc.strerror}"})
+            continue
+        try:
+            image = decode_image(
+                data, max_bytes=images.max_bytes, max_pixels=images.max_pixels,
+                target_size=images.target_size,
+            )
+        except ImageRejected as exc:
+            results.append({"path": str(path), "error": exc.user_message})
+            continue
+        results.append({"path": str(path)})
+        decoded.append((len(results) - 1, image))
+
+    if decoded:
+        analyzer = Analyzer.from_settings(settings)
+        batch_size = settings.queue.max_batch_size
+        for start in range(0, len(decoded), batch_size):
+            chunk = decoded[start : start + batch_size]
+            for (index, _), analysis in zip(chunk, analyzer.analyze([image for _, image in chunk]), strict=True):
+                results[index]["analysis"] = analysis
+
+    failed = 0
+    if args.json:
+        payload = []
+        for item in results:
+            if "analysis" in item:
+                payload.append({"path": item["path"], "analysis": item["analysis"].to_dict(),
+                                "context_line": item["analysis"].context_line()})
+            else:
+                payload.append(item)
+                failed += 1
+        print(json.dumps(payload, indent=2))
+    else:
+        for item in results:
+            if "analysis" in item:
+                print(f"{item['path']}: {item['analysis'].context_line()}")
+            else:
+                failed += 1
+                print(f"{item['path']}: error: {item['error']}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_models_check(args: argparse.Namespace) -> int:
+    from bot.models.check import check_models
+
+    rows = check_models(_settings(args))
+    width = max(len(row.model_id) for row in rows)
+    for row in rows:
+        mark = "ok     " if row.present else "MISSING"
+        print(f"{mark} {row.role:<10} {row.model_id:<{width}}  {row.where}")
+    missing = [row for row in rows if not row.present]
+    if missing:
+        print(
+            f"{len(missing)} model(s) need a download: run `python -m bot models download` on a machine "
+            "with internet access (then copy ~/.cache/huggingface to an offline host).",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_models_download(args: argparse.Namespace) -> int:
+    from bot.models.check import download_models
+
+    for row in download_models(_settings(args)):
+        print(f"{'ok' if row.present else 'MISSING'} {row.role} {row.model_id} {row.where}")
+    return EXIT_OK
+
+
+def cmd_models_tiny(args: argparse.Namespace) -> int:
+    from bot.models.tiny import STAND_IN_NOTE, write_tiny_models
+
+    config_path = write_tiny_models(Path(args.directory))
+    print(f"wrote tiny stand-in models and {config_path}")
+    print(STAND_IN_NOTE)
+    print(f"try: python -m bot --config {config_path} describe IMAGE")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot", description="imagebot: a Discord bot that understands pictures"
+    )
+    parser.add_argument("--config", help="config file (default: $IMAGEBOT_CONFIG, else ./config.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    describe = commands.add_parser("describe", help="print what the bot sees in images")
+    describe.add_argument("images", nargs="+", metavar="IMAGE")
+    describe.add_argument("--json", action="store_true", help="full analysis records as JSON")
+    describe.set_defaults(handler=cmd_describe)
+
+    models = commands.add_parser("models", help="check, download or fake the models")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    model_commands.add_parser("check", help="which configured models are present locally").set_defaults(
+        handler=cmd_models_check
+    )
+    model_commands.add_parser("download", help="download missing models (needs internet)").set_defaults(
+        handler=cmd_models_download
+    )
+    tiny = model_commands.add_parser("tiny", help="write tiny random-weight stand-in models + config")
+    tiny.add_argument("directory", metavar="DIR")
+    tiny.set_defaults(handler=cmd_models_tiny)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_libraries()
+    try:
+        return args.handler(args)
+    except (ConfigError, ModelUnavailable, LabelSetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

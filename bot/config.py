@@ -1,0 +1,243 @@
+"""Typed, validated configuration.
+
+One `config.toml` is read at start-up and validated into :class:`Settings`. Unknown keys and bad
+values are errors that name the offending key (``models.captioner.max_new_tokens: ...``), so a typo
+never silently falls back to a default. Secrets never live in the file: ``DISCORD_TOKEN`` comes from
+the environment only.
+
+Which file: ``--config PATH`` on the command line, else ``$IMAGEBOT_CONFIG``, else ``config.toml`` in
+the current directory, else the built-in defaults. Relative paths inside a config file are resolved
+against the file's own folder, so a config written by ``models tiny DIR`` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+CONFIG_ENV = "IMAGEBOT_CONFIG"
+TOKEN_ENV = "DISCORD_TOKEN"
+DEFAULT_CONFIG_NAME = "config.toml"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class CaptionerSettings(_Section):
+    model: str = "Salesforce/blip-image-captioning-base"
+    max_new_tokens: Annotated[int, Field(ge=1, le=128)] = 20
+    num_beams: Annotated[int, Field(ge=1, le=8)] = 1
+    # Conditional prefix BLIP continues from; empty string means unconditional captioning.
+    prompt: str = ""
+
+
+class TaggerSettings(_Section):
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    labels_dir: str = "labels"
+    top_k: Annotated[int, Field(ge=1, le=20)] = 3
+
+
+class EmbedderSettings(_Section):
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class SentimentSettings(_Section):
+    backend: Literal["transformers", "vader"] = "transformers"
+    model: str = "cardiffnlp/twitter-roberta-base-sentiment-latest"
+
+
+class ModelSettings(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # Where Hugging Face / open_clip weights are cached; empty means the libraries' default.
+    cache_dir: str = ""
+    # Never touch the network for weights: missing models are an error instead of a download.
+    offline: bool = False
+    captioner: CaptionerSettings = CaptionerSettings()
+    tagger: TaggerSettings = TaggerSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
+    sentiment: SentimentSettings = SentimentSettings()
+
+
+class ImageSettings(_Section):
+    max_bytes: PositiveInt = 25 * 1024 * 1024
+    max_pixels: PositiveInt = 50_000_000
+    # Models look at <= 384 px, so images are shrunk to this longest side while decoding.
+    target_size: Annotated[int, Field(ge=32, le=2048)] = 384
+    max_images_per_message: Annotated[int, Field(ge=1, le=50)] = 10
+
+
+class LLMSettings(_Section):
+    base_url: str = "http://127.0.0.1:11434"
+    model: str = "llama3.2"
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+    timeout_s: PositiveFloat = 60.0
+    num_ctx: PositiveInt = 4096
+    system_prompt: str = (
+        "You are imagebot, a friendly member of this Discord server. You cannot see pixels; "
+        "each picture posted appears to you as a line starting with [Image Attached: ...] written "
+        "by the bot's vision models. Trust only those lines for what images show, say so when you "
+        "are unsure, and keep answers short."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class ChatSettings(_Section):
+    history_messages: Annotated[int, Field(ge=0, le=100)] = 20
+    max_reply_chars: Annotated[int, Field(ge=100, le=2000)] = 2000
+
+
+class RateLimitSettings(_Section):
+    # Images analysed per user / per channel within `window_s`; more are refused politely.
+    per_user: PositiveInt = 10
+    per_channel: PositiveInt = 30
+    window_s: PositiveFloat = 60.0
+
+
+class QueueSettings(_Section):
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10.0
+    max_queued: PositiveInt = 256
+    job_timeout_s: PositiveFloat = 120.0
+    decode_workers: Annotated[int, Field(ge=1, le=64)] = 2
+
+
+class MemorySettings(_Section):
+    backend: Literal["embedded", "http"] = "embedded"
+    path: str = "data/chroma"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    collection_prefix: str = "imagebot"
+
+
+class DiscordSettings(_Section):
+    # Read from $DISCORD_TOKEN only; putting a token in the file is refused.
+    token: SecretStr | None = None
+    shard_count: Annotated[int, Field(ge=1)] | None = None
+    sync_commands: bool = True
+    owner_ids: list[int] = Field(default_factory=list)
+
+
+class Settings(_Section):
+    models: ModelSettings = ModelSettings()
+    images: ImageSettings = ImageSettings()
+    llm: LLMSettings = LLMSettings()
+    chat: ChatSettings = ChatSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+    queue: QueueSettings = QueueSettings()
+    memory: MemorySettings = MemorySettings()
+    discord: DiscordSettings = DiscordSettings()
+    # Folder that relative paths (labels_dir, memory.path, local model dirs) are resolved against.
+    base_dir: str = "."
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config, absolute, relative ones taken from the config file's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
+
+    def resolve_model(self, value: str) -> str:
+        """Model ids stay as they are unless they name an existing local folder or file."""
+        if value.startswith(("./", "../", "/", "~")) or Path(self.base_dir, value).exists():
+            candidate = self.resolve_path(value)
+            if candidate.exists():
+                return str(candidate)
+        return value
+
+    @property
+    def labels_dir(self) -> Path:
+        labels = self.resolve_path(self.models.tagger.labels_dir)
+        if not labels.is_dir() and not Path(self.models.tagger.labels_dir).is_absolute():
+            # A config outside the repo still finds the shipped label sets.
+            shipped = REPO_ROOT / self.models.tagger.labels_dir
+            if shipped.is_dir():
+                return shipped
+        return labels
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see config.toml for all keys)")
+        else:
+            got = item.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to use: explicit path, then $IMAGEBOT_CONFIG, then ./config.toml."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (from ${CONFIG_ENV})")
+        return path
+    local = Path(DEFAULT_CONFIG_NAME)
+    return local if local.is_file() else None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Read, validate and return the settings; raises :class:`ConfigError` with a readable message."""
+    env = os.environ if environ is None else environ
+    config_path = find_config_path(path)
+    data: dict = {}
+    source = "built-in defaults"
+    if config_path is not None:
+        source = str(config_path)
+        try:
+            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
+        if "base_dir" in data:
+            raise ConfigError(f"invalid configuration in {source}:\n  base_dir: set automatically")
+        data["base_dir"] = str(config_path.resolve().parent)
+
+    discord_section = data.get("discord", {})
+    if isinstance(discord_section, dict) and discord_section.get("token"):
+        raise ConfigError(
+            f"invalid configuration in {source}:\n  discord.token: never put the token in a file; "
+            f"set the {TOKEN_ENV} environment variable instead"
+        )
+    token = env.get(TOKEN_ENV, "").strip()
+    if token:
+        data = {**data, "discord": {**discord_section, "token": token}}
+
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None

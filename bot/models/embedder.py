@@ -1,0 +1,30 @@
+"""Embedder role: sentence-transformers text embeddings (caption text and search queries)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class TextEmbedder:
+    def __init__(self, path: Path, *, model_id: str, device: torch.device) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model_id = model_id
+        self.model = SentenceTransformer(str(path), device=str(device), local_files_only=True)
+        self.dimension = int(self.model.get_embedding_dimension()) if hasattr(
+            self.model, "get_embedding_dimension"
+        ) else int(self.model.get_sentence_embedding_dimension())
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised float32 embeddings, one row per text."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return vectors.astype(np.float32, copy=False)

@@ -1,0 +1,147 @@
+"""Each model role through its real loading code, on tiny stand-ins saved and reloaded from disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bot.analysis import SENTIMENT_LABELS
+from bot.imaging import decode_image
+from bot.labels import load_label_sets
+from bot.models.captioner import BlipCaptioner
+from bot.models.embedder import TextEmbedder
+from bot.models.errors import ModelUnavailable
+from bot.models.hub import resolve_clip, resolve_hf
+from bot.models.sentiment import TransformersSentiment, VaderSentiment
+from bot.models.tagger import ClipTagger
+from bot.models.tiny import BLIP_DIR, CLIP_DIR, SENTIMENT_DIR
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def images(photos):
+    return [decode_image(photos[name]).image for name in ("astronaut", "chelsea", "coffee")]
+
+
+def test_captioner_batch_in_batch_out(tiny_models_dir, images):
+    captioner = BlipCaptioner(tiny_models_dir / BLIP_DIR, model_id="tiny", device=CPU, dtype=torch.float32,
+                              max_new_tokens=6)
+    captions = captioner.caption(images)
+    assert len(captions) == 3
+    assert all(isinstance(c, str) and c.strip() for c in captions), captions
+    assert captioner.caption([]) == []
+    # Greedy decoding: the same image gives the same caption, alone or in a batch.
+    assert captioner.caption(images[:1]) == captions[:1]
+
+
+def test_blip_sdpa_matches_eager_attention(tiny_models_dir, images):
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    from bot.models.sdpa import enable_blip_sdpa
+
+    path = str(tiny_models_dir / BLIP_DIR)
+    pixels = BlipProcessor.from_pretrained(path)(images=images, return_tensors="pt")["pixel_values"]
+    eager = BlipForConditionalGeneration.from_pretrained(path).eval()
+    fast = BlipForConditionalGeneration.from_pretrained(path).eval()
+    assert enable_blip_sdpa(fast) == 2  # one per vision layer
+    with torch.no_grad():
+        expected = eager.vision_model(pixel_values=pixels)[0]
+        got = fast.vision_model(pixel_values=pixels)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_models_dir, tiny_settings):
+    sets = load_label_sets(tiny_settings.labels_dir)
+    return ClipTagger(model="tiny", weights=tiny_models_dir / CLIP_DIR, model_id="tiny", label_sets=sets,
+                      device=CPU, dtype=torch.float32)
+
+
+def test_tagger_top_k_per_set_with_probabilities(tagger, images):
+    features = tagger.encode_images(images)
+    assert features.shape[0] == 3
+    torch.testing.assert_close(features.norm(dim=-1), torch.ones(3))
+    tags = tagger.tag(features)
+    for per_image in tags:
+        for name, label_set in tagger.label_sets.items():
+            scored = per_image[name]
+            assert len(scored) == label_set.top_k
+            assert all(s.label in label_set.labels for s in scored)
+            assert [s.score for s in scored] == sorted((s.score for s in scored), reverse=True)
+            assert all(0.0 <= s.score <= 1.0 for s in scored)
+
+
+def test_label_embeddings_are_computed_once_not_per_image(tagger, images, monkeypatch):
+    calls = []
+    original = tagger.encode_texts
+    monkeypatch.setattr(tagger, "encode_texts", lambda texts: calls.append(len(texts)) or original(texts))
+    for _ in range(3):
+        tagger.tag(tagger.encode_images(images))
+    assert calls == []
+    # Changing one set re-encodes only that set.
+    sets = dict(tagger.label_sets)
+    from bot.labels import LabelSet
+
+    sets["mood"] = LabelSet("mood", ("happy", "sad"), ("a happy picture", "a sad picture"), 1)
+    tagger.set_label_sets(sets)
+    assert calls == [2]
+
+
+def test_embedder_is_the_real_minilm(tiny_settings):
+    path = resolve_hf("embedder", tiny_settings.models.embedder.model, offline=True)
+    embedder = TextEmbedder(path, model_id="minilm", device=CPU)
+    vectors = embedder.embed(["a dog running on the beach", "a puppy playing by the sea", "a spreadsheet of taxes"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_transformers_sentiment_three_classes(tiny_models_dir):
+    model = TransformersSentiment(tiny_models_dir / SENTIMENT_DIR, model_id="tiny", device=CPU)
+    results = model.score(["I love it", "I hate it"])
+    for result in results:
+        assert set(result.scores) == set(SENTIMENT_LABELS)
+        assert result.label in SENTIMENT_LABELS
+        assert abs(sum(result.scores.values()) - 1.0) < 1e-4
+
+
+def test_vader_backend_is_real_and_offline():
+    model = VaderSentiment()
+    positive, negative, neutral = model.score(["What a wonderful, happy day!", "This is awful and sad.", "A chair."])
+    assert positive.label == "positive" and positive.polarity > 0.5
+    assert negative.label == "negative" and negative.polarity < -0.3
+    assert neutral.label == "neutral"
+
+
+def test_missing_model_fails_fast_naming_it():
+    with pytest.raises(ModelUnavailable, match="Salesforce/blip-image-captioning-base"):
+        resolve_hf("captioner", "Salesforce/blip-image-captioning-base", offline=True)
+    with pytest.raises(ModelUnavailable, match="ViT-B-32/laion2b_s34b_b79k"):
+        resolve_clip("ViT-B-32", "laion2b_s34b_b79k", offline=True)
+
+
+def test_caption_only_topics_use_the_text_embedder(analyzer):
+    vectors = analyzer.embed_texts(["a cute dog and a kitten sleeping", "a plate of pasta and a glass of wine"])
+    first, second = analyzer.caption_topics.assign(vectors)
+    assert first[0].label in {"animals", "pets"}
+    assert second[0].label == "food and drink"
+
+
+def test_pipeline_full_record(analyzer, photos):
+    decoded = [decode_image(photos[name]) for name in ("astronaut", "rocket")]
+    records = analyzer.analyze(decoded)
+    assert len(records) == 2
+    record = records[0]
+    assert record.caption
+    assert set(record.labels) >= {"objects", "scenes", "medium", "mood"}
+    assert "topics" not in record.labels and "sentiment" not in record.labels
+    assert record.image_sentiment is not None
+    assert record.topics and record.caption_topics
+    assert len(record.caption_embedding) == 384
+    assert len(record.image_embedding) == 32  # the tiny CLIP's embedding size
+    assert set(record.model_ids) == {"captioner", "tagger", "embedder", "sentiment"}
+    assert (record.width, record.height) == (512, 512)
+    assert analyzer.clip_texts(["a dog"]).shape == (1, 32)
+    assert analyzer.analyze([]) == []
