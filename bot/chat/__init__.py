@@ -1,0 +1,1 @@
+"""Conversation with the LLM: prompt building, the Ollama client, reply splitting, fallbacks."""
