@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.harness.fixtures"]
+pytest_plugins = ["tests.harness.fixtures", "tests.imagebot_fixtures"]
 
 # Tests never touch the network: a missing model must fail, not download.
 os.environ["HF_HUB_OFFLINE"] = "1"
