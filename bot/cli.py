@@ -1,5 +1,8 @@
 """``python -m bot``: the command line.
 
+    run                      the Discord bot (DISCORD_TOKEN from the environment)
+    console                  the same pipeline and chat in this terminal, no token needed
+    healthcheck              exit 0 if a running bot's heartbeat file is fresh (container healthcheck)
     describe IMAGE...        one [Image Attached: ...] line per image (--json: full records)
     models check             which configured models are on this machine
     models download          fetch the missing ones (needs internet access)
@@ -135,6 +138,49 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bot.config import TOKEN_ENV
+
+    settings = _settings(args)
+    if settings.discord.token is None:
+        print(f"error: set the {TOKEN_ENV} environment variable to your bot's token "
+              "(Discord developer portal → your application → Bot → Reset Token). "
+              "To try the bot without Discord: python -m bot console", file=sys.stderr)
+        return EXIT_USAGE
+    from bot.client import ImageBot
+    from bot.services import Services
+
+    async def main() -> None:
+        bot = ImageBot(settings, Services(settings))
+        async with bot:
+            await bot.start(settings.discord.token.get_secret_value())
+
+    logging.getLogger().setLevel(logging.INFO)
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bot.console import run_console
+
+    return asyncio.run(run_console(_settings(args)))
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from bot.health import check_heartbeat
+
+    settings = _settings(args)
+    healthy, reason = check_heartbeat(
+        settings.resolve_path(settings.discord.heartbeat_file), max_age_s=3 * settings.discord.heartbeat_s + 10
+    )
+    print(reason, file=sys.stdout if healthy else sys.stderr)
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bot", description="imagebot: a Discord bot that understands pictures"
@@ -142,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="config file (default: $IMAGEBOT_CONFIG, else ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("run", help="start the Discord bot (token from $DISCORD_TOKEN)").set_defaults(handler=cmd_run)
+    commands.add_parser("console", help="chat with the bot in this terminal, no Discord needed").set_defaults(
+        handler=cmd_console
+    )
+
+    commands.add_parser("healthcheck", help="exit 0 if the running bot's heartbeat is fresh").set_defaults(
+        handler=cmd_healthcheck
+    )
 
     describe = commands.add_parser("describe", help="print what the bot sees in images")
     describe.add_argument("images", nargs="+", metavar="IMAGE")

@@ -137,6 +137,9 @@ class DiscordSettings(_Section):
     shard_count: Annotated[int, Field(ge=1)] | None = None
     sync_commands: bool = True
     owner_ids: list[int] = Field(default_factory=list)
+    # The running bot rewrites this file every `heartbeat_s`; `python -m bot healthcheck` reads it.
+    heartbeat_file: str = "data/heartbeat.json"
+    heartbeat_s: Annotated[float, Field(ge=1)] = 30.0
 
 
 class Settings(_Section):

@@ -25,6 +25,7 @@ def bot_settings(base: Settings, ollama: FakeOllamaServer, data_dir: Path, **sec
     update: dict[str, object] = {
         "llm": base.llm.model_copy(update={"base_url": ollama.base_url, "model": ollama.model, "timeout_s": 5.0}),
         "memory": base.memory.model_copy(update={"path": str(data_dir / "chroma")}),
+        "discord": base.discord.model_copy(update={"heartbeat_file": str(data_dir / "heartbeat.json")}),
     }
     for name, values in sections.items():
         current = update.get(name, getattr(base, name))
