@@ -1,0 +1,140 @@
+"""Image ingestion: everything between "a message has pictures" and "the bot knows them".
+
+Discord-agnostic: the listener cog (and console mode, and backfill) hand over :class:`IncomingImage`
+items with a ``read`` coroutine; this module applies limits, reads, analyses through the inference
+queue (batched with everyone else's images), caches and remembers the results, and reports one
+:class:`IngestOutcome` per image with a user-readable reason for anything it refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.analysis import ImageAnalysis
+from bot.config import Settings
+from bot.context_cache import AnalysisCache
+from bot.imaging import EmptyImage, ImageRejected, ImageTooLarge
+from bot.ratelimit import ImageRateLimiter
+
+log = logging.getLogger(__name__)
+
+
+class AnalyzesImages(Protocol):
+    async def analyze(self, data: bytes, *, filename: str | None = None) -> ImageAnalysis: ...
+
+
+class RemembersImages(Protocol):
+    """The memory store's side of ingestion (see bot.memory); optional."""
+
+    async def remember(self, image: IncomingImage, analysis: ImageAnalysis) -> None: ...
+
+
+@dataclass(frozen=True)
+class IncomingImage:
+    key: Hashable  # attachment id, or the URL of an embedded image
+    filename: str
+    size: int | None  # bytes, when known before reading (attachments)
+    read: Callable[[], Awaitable[bytes]]
+    # Where it came from (a bot.memory.records.ImageRef for Discord images); None in console mode.
+    ref: object | None = None
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    image: IncomingImage
+    analysis: ImageAnalysis | None = None
+    # One sentence for the user when the image was not analysed.
+    problem: str | None = None
+    # "rejected" (bad file), "rate_limited", "busy", "failed"
+    code: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.analysis is not None
+
+
+class ImageIngestor:
+    def __init__(
+        self,
+        settings: Settings,
+        analyzer: AnalyzesImages,
+        *,
+        cache: AnalysisCache | None = None,
+        limiter: ImageRateLimiter | None = None,
+        memory: RemembersImages | None = None,
+    ) -> None:
+        self.settings = settings
+        self.analyzer = analyzer
+        self.cache = cache if cache is not None else AnalysisCache()
+        self.limiter = limiter if limiter is not None else ImageRateLimiter(settings.rate_limits)
+        self.memory = memory
+
+    async def ingest(
+        self, images: Sequence[IncomingImage], *, user_id: int = 0, channel_id: int = 0, rate_limit: bool = True
+    ) -> list[IngestOutcome]:
+        """Analyse a message's images (all of them, concurrently); one outcome per image, in order."""
+        cap = self.settings.images.max_images_per_message
+        outcomes: list[IngestOutcome | None] = [None] * len(images)
+        todo: list[int] = []
+        for index, image in enumerate(images):
+            cached = self.cache.get(image.key)
+            if cached is not None:  # replayed or re-processed message: no second analysis
+                outcomes[index] = IngestOutcome(image, cached)
+            elif len(todo) >= cap:
+                outcomes[index] = IngestOutcome(image, problem=f"I only look at {cap} images per message.",
+                                                code="rejected")
+            else:
+                todo.append(index)
+
+        granted = self.limiter.acquire(user_id, channel_id, len(todo)) if rate_limit else len(todo)
+        if granted < len(todo):
+            wait = self.limiter.retry_after(user_id, channel_id)
+            for index in todo[granted:]:
+                outcomes[index] = IngestOutcome(
+                    images[index], code="rate_limited",
+                    problem=f"That's a lot of pictures at once; try again in {max(1, round(wait))} seconds.",
+                )
+            todo = todo[:granted]
+
+        results = await asyncio.gather(*(self._one(images[index]) for index in todo))
+        for index, outcome in zip(todo, results, strict=True):
+            outcomes[index] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def known(self, image: IncomingImage) -> ImageAnalysis | None:
+        """The analysis of an image seen before (never starts a new one: chat must not bypass limits)."""
+        return self.cache.get(image.key)
+
+    async def _one(self, image: IncomingImage) -> IngestOutcome:
+        max_bytes = self.settings.images.max_bytes
+        try:
+            if image.size is not None and image.size > max_bytes:
+                # Refuse before downloading a file we would refuse anyway.
+                raise ImageTooLarge(image.size, max_bytes, filename=image.filename)
+            data = await image.read()
+            if not data:
+                raise EmptyImage()
+            analysis = await self.analyzer.analyze(data, filename=image.filename)
+        except ImageRejected as exc:
+            return IngestOutcome(image, problem=exc.user_message, code="rejected")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            user_message = getattr(exc, "user_message", None)
+            if user_message:  # the inference queue's typed errors (busy, timeout, ...)
+                code = "busy" if type(exc).__name__ == "QueueBusy" else "failed"
+                return IngestOutcome(image, problem=user_message, code=code)
+            log.exception("analysing %s failed", image.filename)
+            return IngestOutcome(image, problem="Something went wrong while looking at this image.", code="failed")
+        self.cache.put(image.key, analysis)
+        if self.memory is not None:
+            try:
+                await self.memory.remember(image, analysis)
+            except Exception:
+                # The analysis still serves the conversation; the ledger retries the write later.
+                log.exception("storing %s failed", image.filename)
+        return IngestOutcome(image, analysis)

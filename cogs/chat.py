@@ -1,0 +1,53 @@
+"""Chat: answer mentions, replies and DMs through the LLM, with the images of the conversation."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord.ext import commands
+
+from bot.client import ImageBot
+from bot.ingest import IngestOutcome
+from cogs.utils.messages import addressed_to_bot, incoming_images, to_turn
+
+log = logging.getLogger(__name__)
+
+
+class Chat(commands.Cog):
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        # Messages with images are answered from on_images_ingested, once their analysis exists.
+        if not incoming_images(message):
+            await self._maybe_answer(message)
+
+    @commands.Cog.listener()
+    async def on_images_ingested(self, message: discord.Message, _: list[IngestOutcome]) -> None:
+        await self._maybe_answer(message)
+
+    async def _maybe_answer(self, message: discord.Message) -> None:
+        me = self.bot.user
+        if me is None or message.author.bot or not addressed_to_bot(message, me):
+            return
+        services = self.bot.services
+        async with message.channel.typing():
+            history = [m async for m in message.channel.history(
+                limit=self.bot.settings.chat.history_messages, before=message)]
+            turns = [to_turn(m, me, services.ingestor) for m in reversed(history)]
+            turns.append(to_turn(message, me, services.ingestor))
+            chunks = await services.chat.answer(turns)
+        try:
+            for index, chunk in enumerate(chunks):
+                if index == 0:
+                    await message.reply(chunk, mention_author=False)
+                else:
+                    await message.channel.send(chunk)
+        except discord.HTTPException as exc:
+            log.info("could not answer in channel %s: %s", message.channel.id, exc)
+
+
+async def setup(bot: ImageBot) -> None:
+    await bot.add_cog(Chat(bot))

@@ -1,0 +1,1 @@
+"""Helpers shared by cogs: translating Discord objects into the core's plain types."""

@@ -1,0 +1,75 @@
+"""Discord messages → the core's types (IncomingImage, Turn). Discord I/O only, no logic."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from urllib.parse import urlparse
+
+import discord
+
+from bot.chat.conversation import Turn
+from bot.ingest import ImageIngestor, IncomingImage
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic"}
+
+
+def _looks_like_image(content_type: str | None, filename: str) -> bool:
+    if content_type:
+        return content_type.startswith("image/")
+    return PurePosixPath(filename.lower()).suffix in IMAGE_SUFFIXES
+
+
+def incoming_images(message: discord.Message) -> list[IncomingImage]:
+    """Every image of a message: all attachments, then images linked as embeds."""
+    images = [
+        IncomingImage(key=attachment.id, filename=attachment.filename, size=attachment.size,
+                      read=attachment.read, ref=message)
+        for attachment in message.attachments
+        if _looks_like_image(attachment.content_type, attachment.filename)
+    ]
+    seen: set[str] = set()
+    for embed in message.embeds:
+        # A link to a picture unfurls as an "image" embed (thumbnail) or a rich embed with an image.
+        for media in (embed.image, embed.thumbnail):
+            url = media.url if media else None
+            if not url or url in seen or embed.type in ("gifv", "video"):
+                continue
+            seen.add(url)
+            http = message._state.http  # discord.py's own session: the same limits and proxies
+            name = PurePosixPath(urlparse(url).path).name or "embedded-image"
+            images.append(IncomingImage(key=url, filename=name, size=None,
+                                        read=lambda url=url, http=http: http.get_from_cdn(url), ref=message))
+            break
+    return images
+
+
+def addressed_to_bot(message: discord.Message, bot_user: discord.abc.User) -> bool:
+    """A DM, a mention of the bot, or a reply to one of the bot's messages."""
+    if message.guild is None:
+        return True
+    if bot_user in message.mentions:
+        return True
+    resolved = message.reference.resolved if message.reference else None
+    return isinstance(resolved, discord.Message) and resolved.author.id == bot_user.id
+
+
+_MENTION = re.compile(r"<@!?(\d+)>")
+
+
+def readable_text(message: discord.Message) -> str:
+    """Message text with user mentions shown as @names (the LLM cannot resolve ids)."""
+    names = {str(user.id): user.display_name for user in message.mentions}
+    return _MENTION.sub(lambda m: "@" + names.get(m.group(1), "someone"), message.content)
+
+
+def to_turn(message: discord.Message, bot_user: discord.abc.User, ingestor: ImageIngestor) -> Turn:
+    images = incoming_images(message)
+    analyses = [a for a in (ingestor.known(image) for image in images) if a is not None]
+    return Turn(
+        author=message.author.display_name,
+        text=readable_text(message),
+        from_bot=message.author.id == bot_user.id,
+        images=analyses,
+        unreadable_images=len(images) - len(analyses),
+    )
