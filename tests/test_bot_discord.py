@@ -16,10 +16,10 @@ def user_prompt(ollama, index: int = -1) -> str:
     return "\n".join(m["content"] for m in ollama.requests[index].messages if m["role"] == "user")
 
 
-async def wait_reaction(server, message, emoji: str, timeout: float = 20.0) -> None:
+async def wait_reaction(server, message, emoji: str) -> None:
     await server.wait_until(
         lambda: any(r.message_id == message.id and r.emoji == emoji and r.added for r in server.reactions),
-        timeout=timeout, what=f"reaction {emoji}",
+        timeout=20.0, what=f"reaction {emoji}",
     )
 
 
