@@ -168,3 +168,23 @@ async def test_bot_keeps_working_after_the_gateway_drops(imagebot, discord_serve
                                       f"<@{discord_server.bot_user.id}> still there?")
     reply = await discord_server.wait_for_message(discord_world.general, timeout=20)
     assert reply.content == "I can see 1 image(s) in our chat."
+
+
+async def test_status_is_for_owners_and_exports_prometheus_text(imagebot, discord_server, discord_world, photos):
+    world = discord_world
+    posted = await discord_server.post_message(world.general, world.alice, "",
+                                               attachments=[("cat.jpg", photos["chelsea"], "image/jpeg")])
+    await wait_reaction(discord_server, posted, SEEN_REACTION)
+    discord_server.set_app_owner(world.bob)
+    refused = await discord_server.invoke_slash_command(world.general, world.alice, "status")
+    response = await discord_server.wait_for_response(refused)
+    assert response.data["flags"] & 64  # ephemeral
+    assert "Only the bot's owners" in response.data["content"]
+
+    ix = await discord_server.invoke_slash_command(world.general, world.bob, "status")
+    message = await discord_server.wait_for_message(world.general, predicate=lambda m: m.interaction is ix)
+    fields = {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
+    assert fields["Throughput"].endswith("1 total")
+    prometheus = message.files["metrics.prom"].decode()
+    assert "# TYPE imagebot_inference_images_total counter" in prometheus
+    assert "imagebot_inference_images_total 1" in prometheus
