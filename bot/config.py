@@ -123,6 +123,19 @@ class QueueSettings(_Section):
     decode_workers: Annotated[int, Field(ge=1, le=64)] = 2
 
 
+class InferenceSettings(_Section):
+    """Where model work runs: in this process (the batched queue) or on a Ray Serve deployment."""
+
+    backend: Literal["local", "ray"] = "local"
+    # Ray cluster to join ("auto" = the one started on this machine, or ray://host:10001).
+    ray_address: str = "auto"
+    ray_app: str = "imagebot-inference"
+    ray_replicas: Annotated[int, Field(ge=1)] = 1
+    ray_gpus_per_replica: Annotated[float, Field(ge=0)] = 0.0
+    # Retries of a request whose replica died (the job is resent, never lost).
+    ray_retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+
 class MemorySettings(_Section):
     backend: Literal["embedded", "http"] = "embedded"
     path: str = "data/chroma"
@@ -149,6 +162,7 @@ class Settings(_Section):
     chat: ChatSettings = ChatSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     queue: QueueSettings = QueueSettings()
+    inference: InferenceSettings = InferenceSettings()
     memory: MemorySettings = MemorySettings()
     discord: DiscordSettings = DiscordSettings()
     # Folder that relative paths (labels_dir, memory.path, local model dirs) are resolved against.
