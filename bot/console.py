@@ -83,7 +83,7 @@ class Console:
 
 
 async def run_console(settings: Settings, *, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
-    services = Services(settings)
+    services = Services(settings, with_memory=False)  # console images have no Discord home to file them under
     console = Console(services, out=out)
     console.say(BANNER.format(model=settings.llm.model, url=settings.llm.base_url))
     console.say("loading models...")

@@ -18,6 +18,7 @@ from bot.analysis import ImageAnalysis
 from bot.config import Settings
 from bot.context_cache import AnalysisCache
 from bot.imaging import EmptyImage, ImageRejected, ImageTooLarge
+from bot.memory.records import ImageRef
 from bot.ratelimit import ImageRateLimiter
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,13 @@ class AnalyzesImages(Protocol):
 
 
 class RemembersImages(Protocol):
-    """The memory store's side of ingestion (see bot.memory); optional."""
+    """The memory's side of ingestion (bot.memory.service.MemoryService); optional."""
 
-    async def remember(self, image: IncomingImage, analysis: ImageAnalysis) -> None: ...
+    async def begin(self, refs: Sequence[ImageRef]) -> None: ...
+
+    async def remember(self, ref: ImageRef, analysis: ImageAnalysis) -> None: ...
+
+    async def abandon(self, refs: Sequence[ImageRef]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,8 @@ class IncomingImage:
     filename: str
     size: int | None  # bytes, when known before reading (attachments)
     read: Callable[[], Awaitable[bytes]]
-    # Where it came from (a bot.memory.records.ImageRef for Discord images); None in console mode.
-    ref: object | None = None
+    # Where it came from on Discord (what the memory stores it under); None in console mode.
+    ref: ImageRef | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class ImageIngestor:
                 )
             todo = todo[:granted]
 
+        refs = [images[index].ref for index in todo if images[index].ref is not None]
+        if self.memory is not None and refs:
+            await self.memory.begin(refs)  # from here a crash leaves them in the ledger, resumed on start
         results = await asyncio.gather(*(self._one(images[index]) for index in todo))
         for index, outcome in zip(todo, results, strict=True):
             outcomes[index] = outcome
@@ -120,6 +128,8 @@ class ImageIngestor:
                 raise EmptyImage()
             analysis = await self.analyzer.analyze(data, filename=image.filename)
         except ImageRejected as exc:
+            if self.memory is not None and image.ref is not None:
+                await self.memory.abandon([image.ref])  # a bad file stays bad: never resumed
             return IngestOutcome(image, problem=exc.user_message, code="rejected")
         except asyncio.CancelledError:
             raise
@@ -131,10 +141,10 @@ class ImageIngestor:
             log.exception("analysing %s failed", image.filename)
             return IngestOutcome(image, problem="Something went wrong while looking at this image.", code="failed")
         self.cache.put(image.key, analysis)
-        if self.memory is not None:
+        if self.memory is not None and image.ref is not None:
             try:
-                await self.memory.remember(image, analysis)
+                await self.memory.remember(image.ref, analysis)
             except Exception:
-                # The analysis still serves the conversation; the ledger retries the write later.
+                # The analysis still serves the conversation; the ledger keeps it pending for a retry.
                 log.exception("storing %s failed", image.filename)
         return IngestOutcome(image, analysis)

@@ -8,30 +8,68 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bot.chat.service import ChatService
 from bot.config import Settings
 from bot.context_cache import AnalysisCache
 from bot.inference import InferenceQueue
 from bot.ingest import ImageIngestor
+from bot.labels import LabelSetError, parse_label_file
+from bot.memory.service import MemoryService
 from bot.pipeline import Analyzer
 from bot.ratelimit import ImageRateLimiter
+
+if TYPE_CHECKING:
+    from bot.inference.ray_serve import RayInferenceClient
 
 log = logging.getLogger(__name__)
 
 
+def _topic_names(settings: Settings) -> tuple[str, ...]:
+    """Topic labels for autocompletion (the models check the label files properly at start-up)."""
+    try:
+        return parse_label_file(settings.labels_dir / "topics.txt").labels
+    except (OSError, LabelSetError):
+        return ()
+
+
 class Services:
-    def __init__(self, settings: Settings, *, analyzer_factory: Callable[[], Analyzer] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        analyzer_factory: Callable[[], Analyzer] | None = None,
+        with_memory: bool = True,
+    ) -> None:
         self.settings = settings
-        factory = analyzer_factory or (lambda: Analyzer.from_settings(settings))
-        self.queue = InferenceQueue(factory, settings.queue, settings.images)
+        self.with_memory = with_memory
+        self.memory: MemoryService | None = None
+        self.queue: InferenceQueue | RayInferenceClient
+        if settings.inference.backend == "ray":
+            # Model work on a shared Ray Serve deployment (docs/scale-out-ray.md); ray is an optional
+            # extra, so it is imported only when configured.
+            from bot.inference.ray_serve import RayInferenceClient
+
+            self.queue = RayInferenceClient(settings)
+        else:
+            factory = analyzer_factory or (lambda: Analyzer.from_settings(settings))
+            self.queue = InferenceQueue(factory, settings.queue, settings.images)
         self.cache = AnalysisCache()
         self.limiter = ImageRateLimiter(settings.rate_limits)
         self.ingestor = ImageIngestor(settings, self.queue, cache=self.cache, limiter=self.limiter)
         self.chat = ChatService(settings)
+        self.topics: tuple[str, ...] = _topic_names(settings)
 
     async def start(self) -> None:
         await self.queue.start()
+        if self.with_memory:
+            self.memory = await MemoryService.open(self.settings, self.queue)
+            self.ingestor.memory = self.memory
 
     async def close(self) -> None:
-        await self.queue.close()
+        try:
+            await self.queue.close()
+        finally:
+            if self.memory is not None:
+                await self.memory.close()

@@ -9,7 +9,8 @@ from discord.ext import commands
 
 from bot.client import ImageBot
 from bot.ingest import IngestOutcome
-from cogs.utils.messages import addressed_to_bot, incoming_images, to_turn
+from bot.memory.intent import detect_search_intent
+from cogs.utils.messages import addressed_to_bot, incoming_images, readable_text, to_turn
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,13 @@ class Chat(commands.Cog):
         if me is None or message.author.bot or not addressed_to_bot(message, me):
             return
         services = self.bot.services
+        memory_cog = self.bot.get_cog("Memory")
+        if services.memory is not None and memory_cog is not None:
+            intent = detect_search_intent(readable_text(message), now=message.created_at)
+            if intent is not None:  # "show me the dog picture from last week": a search, not a chat
+                async with message.channel.typing():
+                    await memory_cog.answer_search(message, intent)
+                return
         async with message.channel.typing():
             history = [m async for m in message.channel.history(
                 limit=self.bot.settings.chat.history_messages, before=message)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
@@ -10,6 +11,7 @@ import discord
 
 from bot.chat.conversation import Turn
 from bot.ingest import ImageIngestor, IncomingImage
+from bot.memory.records import ImageRef
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic"}
 
@@ -20,11 +22,32 @@ def _looks_like_image(content_type: str | None, filename: str) -> bool:
     return PurePosixPath(filename.lower()).suffix in IMAGE_SUFFIXES
 
 
+def is_nsfw(channel: object) -> bool:
+    """Age-restricted channel (threads inherit their parent's flag; DMs never are)."""
+    check = getattr(channel, "is_nsfw", None)
+    return bool(check()) if callable(check) else False
+
+
+def embed_image_id(message_id: int, url: str) -> int:
+    """A stable id for an image linked as an embed (it has no attachment id): same link, same id."""
+    return int(hashlib.sha256(f"{message_id}:{url}".encode()).hexdigest()[:15], 16) or 1
+
+
+def image_ref(message: discord.Message, image_id: int, url: str, filename: str) -> ImageRef:
+    return ImageRef(
+        attachment_id=image_id, message_id=message.id, channel_id=message.channel.id,
+        guild_id=message.guild.id if message.guild else None, author_id=message.author.id,
+        jump_url=message.jump_url, attachment_url=url, filename=filename, created_at=message.created_at,
+        nsfw=is_nsfw(message.channel),
+    )
+
+
 def incoming_images(message: discord.Message) -> list[IncomingImage]:
     """Every image of a message: all attachments, then images linked as embeds."""
     images = [
         IncomingImage(key=attachment.id, filename=attachment.filename, size=attachment.size,
-                      read=attachment.read, ref=message)
+                      read=attachment.read,
+                      ref=image_ref(message, attachment.id, attachment.url, attachment.filename))
         for attachment in message.attachments
         if _looks_like_image(attachment.content_type, attachment.filename)
     ]
@@ -38,8 +61,9 @@ def incoming_images(message: discord.Message) -> list[IncomingImage]:
             seen.add(url)
             http = message._state.http  # discord.py's own session: the same limits and proxies
             name = PurePosixPath(urlparse(url).path).name or "embedded-image"
+            ref = image_ref(message, embed_image_id(message.id, url), url, name)
             images.append(IncomingImage(key=url, filename=name, size=None,
-                                        read=lambda url=url, http=http: http.get_from_cdn(url), ref=message))
+                                        read=lambda url=url, http=http: http.get_from_cdn(url), ref=ref))
             break
     return images
 

@@ -1,0 +1,706 @@
+"""The image memory: Chroma collections per guild, searched with precomputed vectors only.
+
+Layout (why: measured on a 2-core box, see ``bench/results/find.md`` and ``bench/bench_find.py``)
+
+* **A space per guild, a space per DM user.** Any Chroma ``where`` costs a scan of the collection's
+  metadata (tens to hundreds of ms at 100k records) against a few ms for a plain vector query. So the
+  guild boundary is structural (its own collections, never a filter), and a DM search can only ever
+  open the requester's own space.
+* **Two collections per space**, one per vector space (Chroma keeps one dense vector per record):
+  ``{prefix}-g{guild}-text`` holds the caption vector (MiniLM, 384-d) with the *full* flat record
+  (:func:`~bot.memory.records.to_metadata`); ``{prefix}-g{guild}-clip`` holds the CLIP image vector
+  with only the few keys a search filters on (:data:`INDEX_KEYS`).
+* **Vector queries fetch ids and distances only.** Chroma hands metadata back row by row per key, and
+  that, not the vector search, dominated: 45 full records cost ~15 ms, the ids ~2 ms. The visibility
+  keys of all candidates are then read in one call from the small clip-collection records, and the
+  full record only for the ``limit`` winners.
+* **Channel visibility and NSFW are applied after the vector query** ("post-filter"): over-fetch,
+  drop what the requester may not see, widen the fetch x4 if too little is left, and only as a last
+  resort ask Chroma with a ``$in`` where-clause. Measured against putting the visible channels in the
+  where-clause every time, this is several times faster. The filter is strict either way: a record from
+  an invisible channel is never returned, and ranks are counted among visible records only, so not even
+  a gap in the ranks gives one away.
+* Explicit filters the user asks for (author, channel, sentiment, topic, time range) do go into the
+  where-clause: they are selective, and post-filtering them would need huge fetches.
+
+Write order makes crashes harmless: upsert writes the text record, then the clip entry; delete removes
+the text record first. :meth:`ImageStore.has` looks at the clip collection, so an image whose upsert
+was interrupted counts as missing and is analysed again, and every result is read back from its text
+record, so a clip entry orphaned by an interrupted delete is never shown (a replayed delete removes it).
+
+Chroma's default embedding function (an ONNX model it would download) is never attached:
+collections are always opened with ``embedding_function=None`` and every call passes vectors, so a
+text query by mistake raises instead of downloading.
+
+The core is synchronous (Chroma's clients block); :class:`AsyncImageStore` runs each call in a
+worker thread for the bot's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import chromadb
+import numpy as np
+from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
+from chromadb.config import Settings as ChromaSettings
+from chromadb.errors import NotFoundError
+
+from bot.analysis import ImageAnalysis
+from bot.config import Settings
+from bot.memory.records import ImageRef, Metadata, StoredImage, from_metadata, record_id, to_metadata
+
+log = logging.getLogger(__name__)
+
+SpaceKind = Literal["text", "clip"]
+# Keys the clip index carries: everything a search may filter on, nothing it only displays.
+# ("message" too, so that a replayed delete also finds an index entry whose text record is already gone.)
+INDEX_KEYS = ("channel", "message", "author", "created_ts", "nsfw", "sentiment", "topic", "caption_topic")
+RRF_K = 60
+HNSW = {"space": "cosine", "ef_construction": 100, "ef_search": 100, "max_neighbors": 16}
+_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
+_NAME = re.compile(r"^(?P<prefix>.+)-(?P<kind>[gu])(?P<id>\d+)-(?P<space>text|clip)$")
+# Over-fetch: first ask for 1.5x the candidates wanted, widen x4 while too few survive, up to this many.
+MAX_FETCH = 1000
+Vector = Sequence[float] | np.ndarray
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    image: StoredImage
+    score: float  # fused RRF score for search(); cosine similarity for similar()
+    text_rank: int | None  # 1-based rank among visible records in the caption space; None: not in its top
+    clip_rank: int | None  # same in the CLIP image space
+    text_similarity: float | None = None
+    clip_similarity: float | None = None
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """What a requester may see; applied to every read path after the vector query.
+
+    ``visible_channel_ids`` None means no channel restriction (a DM space, or a trusted caller);
+    an empty set means nothing is visible.
+    """
+
+    visible_channel_ids: frozenset[int] | None
+    allow_nsfw: bool
+    owner_id: int | None = None  # DM spaces: only this author's records, whatever else is there
+
+    def allows(self, meta: Mapping[str, Any]) -> bool:
+        if not self.allow_nsfw and meta.get("nsfw", True):
+            return False
+        if self.visible_channel_ids is not None and int(meta.get("channel", 0)) not in self.visible_channel_ids:
+            return False
+        return self.owner_id is None or int(meta.get("author", 0)) == self.owner_id
+
+    @property
+    def nothing(self) -> bool:
+        return self.visible_channel_ids is not None and not self.visible_channel_ids
+
+    def where(self) -> list[dict[str, Any]]:
+        """The same rule as a Chroma where-clause (used only as a fallback, and by the benchmark)."""
+        clauses: list[dict[str, Any]] = []
+        if not self.allow_nsfw:
+            clauses.append({"nsfw": False})
+        if self.visible_channel_ids is not None:
+            clauses.append({"channel": {"$in": sorted(self.visible_channel_ids)}})
+        if self.owner_id is not None:
+            clauses.append({"author": self.owner_id})
+        return clauses
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Explicit search filters (what the user asked for), applied by Chroma's where-clause."""
+
+    author_id: int | None = None
+    channel_id: int | None = None
+    sentiment: str | None = None
+    topic: str | None = None  # matches the image topic or the caption topic
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+    def clauses(self) -> list[dict[str, Any]]:
+        clauses: list[dict[str, Any]] = []
+        if self.author_id is not None:
+            clauses.append({"author": int(self.author_id)})
+        if self.channel_id is not None:
+            clauses.append({"channel": int(self.channel_id)})
+        if self.sentiment is not None:
+            clauses.append({"sentiment": self.sentiment})
+        if self.topic is not None:
+            clauses.append({"$or": [{"topic": self.topic}, {"caption_topic": self.topic}]})
+        if self.since is not None:
+            clauses.append({"created_ts": {"$gte": _epoch(self.since)}})
+        if self.until is not None:
+            clauses.append({"created_ts": {"$lt": _epoch(self.until)}})
+        return clauses
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    rid: str
+    similarity: float
+    meta: Mapping[str, Any]  # the index metadata (channel, nsfw, author, ...)
+
+
+def _epoch(moment: datetime) -> int:
+    """Whole seconds, like ``created_ts``; a naive datetime is taken to be UTC (as in ImageRef)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return math.floor(moment.timestamp())
+
+
+def _where(clauses: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _vector(value: Vector) -> list[float]:
+    array = np.asarray(value, dtype=np.float32).reshape(-1)
+    if array.size == 0 or not np.isfinite(array).all():
+        raise ValueError("a query vector must be non-empty and finite")
+    return array.tolist()
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class ImageStore:
+    """Synchronous image memory over any Chroma client (embedded or HTTP: same code after opening)."""
+
+    def __init__(
+        self,
+        client: ClientAPI,
+        *,
+        prefix: str = "imagebot",
+        visibility_mode: Literal["postfilter", "where"] = "postfilter",
+    ) -> None:
+        if not _PREFIX.match(prefix):
+            raise ValueError(
+                f"memory.collection_prefix {prefix!r}: use 1-200 letters, digits, '_' or '-', starting with a letter "
+                "or digit"
+            )
+        self.client = client
+        self.prefix = prefix
+        self.visibility_mode = visibility_mode  # "where" exists to measure the alternative; keep "postfilter"
+        self._collections: dict[str, Collection] = {}
+        self._lock = threading.RLock()
+        self._batch = max(1, min(5000, client.get_max_batch_size()))
+
+    @classmethod
+    def open(cls, settings: Settings) -> ImageStore:
+        """Embedded PersistentClient at ``memory.path``, or HttpClient to ``memory.host:port``."""
+        memory = settings.memory
+        chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        client: ClientAPI
+        if memory.backend == "http":
+            client = chromadb.HttpClient(host=memory.host, port=memory.port, settings=chroma_settings)
+        else:
+            path = settings.resolve_path(memory.path)
+            path.mkdir(parents=True, exist_ok=True)
+            client = chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+        return cls(client, prefix=memory.collection_prefix)
+
+    # ----- spaces and collections -----
+
+    def collection_name(self, guild_id: int | None, user_id: int | None, space: SpaceKind) -> str:
+        """``{prefix}-g{guild}-{space}``, or ``{prefix}-u{user}-{space}`` for a user's DMs."""
+        if guild_id is not None:
+            return f"{self.prefix}-g{int(guild_id)}-{space}"
+        if user_id is None:
+            raise ValueError("a DM space needs the user id")
+        return f"{self.prefix}-u{int(user_id)}-{space}"
+
+    def _collection(self, name: str, *, create: bool) -> Collection | None:
+        with self._lock:
+            cached = self._collections.get(name)
+            if cached is not None:
+                return cached
+            if create:
+                collection = self.client.get_or_create_collection(
+                    name, configuration={"hnsw": HNSW}, embedding_function=None  # type: ignore[typeddict-item]
+                )
+            else:
+                try:
+                    collection = self.client.get_collection(name, embedding_function=None)
+                except (NotFoundError, ValueError):
+                    return None
+            self._collections[name] = collection
+            return collection
+
+    def _pair(self, guild_id: int | None, user_id: int | None, *, create: bool = False) -> tuple[Any, Any]:
+        return (
+            self._collection(self.collection_name(guild_id, user_id, "text"), create=create),
+            self._collection(self.collection_name(guild_id, user_id, "clip"), create=create),
+        )
+
+    def spaces(self) -> list[tuple[int | None, int | None]]:
+        """Every (guild_id, dm_user_id) space this prefix has in the database."""
+        found: set[tuple[int | None, int | None]] = set()
+        for collection in self.client.list_collections():
+            match = _NAME.match(collection.name)
+            if match and match["prefix"] == self.prefix:
+                ident = int(match["id"])
+                found.add((ident, None) if match["kind"] == "g" else (None, ident))
+        return sorted(found, key=lambda space: (space[0] is None, space[0] or 0, space[1] or 0))
+
+    def _spaces_for(self, guild_id: int | None, user_id: int | None) -> list[tuple[int | None, int | None]]:
+        """A guild; a user's DM space; or every DM space when a DM event doesn't say whose it is."""
+        if guild_id is not None or user_id is not None:
+            return [(guild_id, user_id)]
+        return [space for space in self.spaces() if space[0] is None]
+
+    # ----- writes -----
+
+    def upsert(self, ref: ImageRef, analysis: ImageAnalysis) -> None:
+        self.upsert_many([(ref, analysis)])
+
+    def upsert_many(self, items: Iterable[tuple[ImageRef, ImageAnalysis]]) -> int:
+        """Store (or overwrite) images keyed by attachment id; replaying never duplicates. Returns the count."""
+        by_space: dict[tuple[int | None, int | None], dict[str, tuple[ImageRef, ImageAnalysis]]] = {}
+        for ref, analysis in items:
+            space = (ref.guild_id, None if ref.guild_id is not None else ref.author_id)
+            by_space.setdefault(space, {})[record_id(ref.attachment_id)] = (ref, analysis)  # last one wins
+        total = 0
+        with self._lock:
+            for (guild_id, user_id), records in by_space.items():
+                text, clip = self._pair(guild_id, user_id, create=True)
+                rows = list(records.items())
+                for chunk in _chunks(rows, self._batch):
+                    ids = [rid for rid, _ in chunk]
+                    metas = [to_metadata(ref, analysis) for _, (ref, analysis) in chunk]
+                    text.upsert(
+                        ids=ids,
+                        embeddings=np.asarray([a.caption_embedding for _, (_, a) in chunk], dtype=np.float32),
+                        metadatas=metas,
+                    )
+                    clip.upsert(
+                        ids=ids,
+                        embeddings=np.asarray([a.image_embedding for _, (_, a) in chunk], dtype=np.float32),
+                        metadatas=[_index_meta(meta) for meta in metas],
+                    )
+                total += len(rows)
+        return total
+
+    def has(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None) -> set[int]:
+        """Which of these attachments are fully stored (so re-processing can skip them)."""
+        wanted = [record_id(i) for i in dict.fromkeys(attachment_ids)]
+        found: set[int] = set()
+        for space in self._spaces_for(guild_id, user_id):
+            _, clip = self._pair(*space)
+            if clip is None:
+                continue
+            for chunk in _chunks(wanted, self._batch):
+                found.update(int(rid) for rid in clip.get(ids=list(chunk), include=[])["ids"])
+        return found
+
+    def _delete_ids(self, guild_id: int | None, user_id: int | None, ids: Iterable[str]) -> int:
+        """Delete by id from both collections (text record first: see the module doc); the count removed."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return 0
+        with self._lock:
+            text, clip = self._pair(guild_id, user_id)
+            existing: set[str] = set()
+            for collection in (text, clip):
+                if collection is None:
+                    continue
+                for chunk in _chunks(wanted, self._batch):
+                    existing.update(collection.get(ids=list(chunk), include=[])["ids"])
+                    collection.delete(ids=list(chunk))
+            return len(existing)
+
+    def _ids_where(self, guild_id: int | None, user_id: int | None, where: dict[str, Any]) -> list[str]:
+        ids: set[str] = set()
+        for collection in self._pair(guild_id, user_id):
+            if collection is not None:
+                ids.update(collection.get(where=where, include=[])["ids"])
+        return sorted(ids)
+
+    def delete_attachments(
+        self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
+    ) -> int:
+        """Forget single attachments (e.g. removed from a message by an edit)."""
+        ids = [record_id(i) for i in attachment_ids]
+        return sum(self._delete_ids(*space, ids) for space in self._spaces_for(guild_id, user_id))
+
+    def delete_messages(self, guild_id: int | None, message_ids: Iterable[int], *, user_id: int | None = None) -> int:
+        """Forget every image of these messages (a bulk delete); returns how many images went."""
+        messages = sorted({int(i) for i in message_ids})
+        removed = 0
+        for space in self._spaces_for(guild_id, user_id):
+            for chunk in _chunks(messages, 500):
+                where = {"message": chunk[0]} if len(chunk) == 1 else {"message": {"$in": list(chunk)}}
+                with self._lock:
+                    removed += self._delete_ids(*space, self._ids_where(*space, where))
+        return removed
+
+    def delete_message(self, guild_id: int | None, message_id: int, *, user_id: int | None = None) -> int:
+        return self.delete_messages(guild_id, [message_id], user_id=user_id)
+
+    def sync_message(
+        self,
+        guild_id: int | None,
+        message_id: int,
+        remaining_attachment_ids: Iterable[int],
+        *,
+        user_id: int | None = None,
+    ) -> int:
+        """After an edit: forget this message's images that are no longer attached. Returns the count removed."""
+        keep = {record_id(i) for i in remaining_attachment_ids}
+        removed = 0
+        for space in self._spaces_for(guild_id, user_id):
+            with self._lock:
+                gone = [rid for rid in self._ids_where(*space, {"message": int(message_id)}) if rid not in keep]
+                removed += self._delete_ids(*space, gone)
+        return removed
+
+    def forget_user(self, guild_id: int | None, user_id: int) -> int:
+        """Forget everything ``user_id`` posted in one guild, or (guild_id None) in their DMs with the bot.
+
+        This is what ``/forget`` in a guild does: that guild only. :meth:`forget_user_everywhere` covers all.
+        """
+        with self._lock:
+            space = (guild_id, None if guild_id is not None else user_id)
+            return self._delete_ids(*space, self._ids_where(*space, {"author": int(user_id)}))
+
+    def forget_user_everywhere(self, user_id: int) -> int:
+        """Forget the user's images in every guild space and their DM space (a data-deletion request)."""
+        total = 0
+        for guild_id, dm_user in self.spaces():
+            if guild_id is not None:
+                total += self.forget_user(guild_id, user_id)
+            elif dm_user == int(user_id):
+                total += self.forget_user(None, user_id)
+        return total
+
+    # ----- reads -----
+
+    def search(
+        self,
+        guild_id: int | None,
+        *,
+        text_vector: Vector | None,
+        clip_vector: Vector | None,
+        visible_channel_ids: Iterable[int] | None,
+        allow_nsfw: bool,
+        requester_id: int,
+        author_id: int | None = None,
+        channel_id: int | None = None,
+        sentiment: str | None = None,
+        topic: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 10,
+        rrf_k: int = RRF_K,
+    ) -> list[SearchHit]:
+        """/find: caption-text similarity and CLIP text→image similarity, fused by reciprocal rank.
+
+        ``text_vector`` is ``Analyzer.embed_texts([query])[0]``, ``clip_vector`` is
+        ``Analyzer.clip_texts([query])[0]``; either may be None to search one space only.
+        ``guild_id`` None searches the requester's own DM space and nothing else.
+        Each space contributes its ``max(2 * limit, 20)`` best visible records; a record's fused score
+        is the sum over spaces of ``1 / (rrf_k + rank)``.
+        """
+        if text_vector is None and clip_vector is None:
+            raise ValueError("search needs a text vector, a CLIP vector or both")
+        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, requester_id)
+        filters = Filters(author_id, channel_id, sentiment, topic, since, until)
+        if limit <= 0 or visibility.nothing or not _channel_visible(channel_id, visibility):
+            return []
+        text, clip = self._pair(guild_id, requester_id if guild_id is None else None)
+        if text is None or clip is None:
+            return []
+        queries: dict[SpaceKind, tuple[Collection, list[float]]] = {}
+        if text_vector is not None:
+            queries["text"] = (text, _vector(text_vector))
+        if clip_vector is not None:
+            queries["clip"] = (clip, _vector(clip_vector))
+        ranked = self._ranked(clip, queries, filters, visibility, depth=max(2 * limit, 20), enough=limit)
+
+        fused: dict[str, dict[str, Any]] = {}
+        for space, candidates in ranked.items():
+            for rank, candidate in enumerate(candidates, start=1):
+                entry = fused.setdefault(candidate.rid, {"score": 0.0, "ranks": {}, "sims": {}})
+                entry["score"] += 1.0 / (rrf_k + rank)
+                entry["ranks"][space] = rank
+                entry["sims"][space] = candidate.similarity
+        order = sorted(
+            fused.items(),
+            key=lambda item: (-item[1]["score"], min(item[1]["ranks"].values()), -int(item[0])),
+        )[:limit]
+        records = self._records(text, [rid for rid, _ in order])
+        return [
+            SearchHit(
+                image=from_metadata(records[rid]),
+                score=entry["score"],
+                text_rank=entry["ranks"].get("text"),
+                clip_rank=entry["ranks"].get("clip"),
+                text_similarity=entry["sims"].get("text"),
+                clip_similarity=entry["sims"].get("clip"),
+            )
+            for rid, entry in order
+            if rid in records and visibility.allows(records[rid])  # no text record: an orphaned index entry
+        ]
+
+    def similar(
+        self,
+        guild_id: int | None,
+        image_vector: Vector,
+        *,
+        visible_channel_ids: Iterable[int] | None,
+        allow_nsfw: bool,
+        requester_id: int,
+        exclude_attachment_id: int | None = None,
+        limit: int = 10,
+    ) -> list[SearchHit]:
+        """"Find similar": CLIP image→image, nearest first; ``score`` is the cosine similarity."""
+        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, requester_id)
+        if limit <= 0 or visibility.nothing:
+            return []
+        text, clip = self._pair(guild_id, requester_id if guild_id is None else None)
+        if text is None or clip is None:
+            return []
+        excluded = None if exclude_attachment_id is None else record_id(exclude_attachment_id)
+        want = limit + (excluded is not None)
+        ranked = self._ranked(clip, {"clip": (clip, _vector(image_vector))}, Filters(), visibility,
+                              depth=max(2 * want, 20), enough=want)
+        candidates = [c for c in ranked["clip"] if c.rid != excluded][:limit]
+        records = self._records(text, [c.rid for c in candidates])
+        return [
+            SearchHit(image=from_metadata(records[c.rid]), score=c.similarity, text_rank=None, clip_rank=rank,
+                      clip_similarity=c.similarity)
+            for rank, c in enumerate(candidates, start=1)
+            if c.rid in records and visibility.allows(records[c.rid])
+        ]
+
+    def get(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
+            ) -> dict[int, StoredImage]:
+        """Stored records by attachment id (no visibility check: for the bot's own bookkeeping)."""
+        text, _ = self._pair(guild_id, user_id)
+        records = self._records(text, [record_id(i) for i in attachment_ids])
+        return {int(rid): from_metadata(meta) for rid, meta in records.items()}
+
+    def browse(
+        self,
+        guild_id: int | None,
+        *,
+        visible_channel_ids: Iterable[int] | None,
+        allow_nsfw: bool,
+        requester_id: int,
+        author_id: int | None = None,
+        channel_id: int | None = None,
+        sentiment: str | None = None,
+        topic: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        newest_first: bool = True,
+        limit: int = 25,
+        offset: int = 0,
+    ) -> list[StoredImage]:
+        """Records by filters in posting order (for /gallery). Reads the matching index entries, so it
+        costs O(matching records): narrow it with filters on big guilds."""
+        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, requester_id)
+        if limit <= 0 or visibility.nothing or not _channel_visible(channel_id, visibility):
+            return []
+        text, clip = self._pair(guild_id, requester_id if guild_id is None else None)
+        if text is None or clip is None:
+            return []
+        where = _where(Filters(author_id, channel_id, sentiment, topic, since, until).clauses())
+        index = clip.get(where=where, include=["metadatas"])
+        rows = [(rid, meta) for rid, meta in zip(index["ids"], index["metadatas"] or [], strict=True)
+                if meta is not None and visibility.allows(meta)]
+        rows.sort(key=lambda row: (int(row[1]["created_ts"]), int(row[0])), reverse=newest_first)
+        page = [rid for rid, _ in rows[offset:offset + limit]]
+        records = self._records(text, page)
+        return [from_metadata(records[rid]) for rid in page if rid in records and visibility.allows(records[rid])]
+
+    def count(
+        self,
+        guild_id: int | None,
+        *,
+        visible_channel_ids: Iterable[int] | None = None,
+        allow_nsfw: bool = True,
+        requester_id: int | None = None,
+        author_id: int | None = None,
+        channel_id: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> int:
+        """How many images a space holds (optionally: that a requester can see, matching filters)."""
+        owner = requester_id if guild_id is None else None
+        if guild_id is None and owner is None:
+            raise ValueError("counting a DM space needs requester_id")
+        _, clip = self._pair(guild_id, owner)
+        if clip is None:
+            return 0
+        unrestricted = visible_channel_ids is None and allow_nsfw and guild_id is not None
+        filters = Filters(author_id, channel_id, None, None, since, until)
+        if unrestricted and not filters.clauses():
+            return clip.count()
+        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, owner or 0)
+        index = clip.get(where=_where(filters.clauses()), include=["metadatas"])
+        return sum(1 for meta in index["metadatas"] or [] if meta is not None and visibility.allows(meta))
+
+    # ----- internals -----
+
+    def _visibility(
+        self, guild_id: int | None, visible_channel_ids: Iterable[int] | None, allow_nsfw: bool, requester_id: int
+    ) -> Visibility:
+        channels = None if visible_channel_ids is None else frozenset(int(i) for i in visible_channel_ids)
+        return Visibility(channels, bool(allow_nsfw), None if guild_id is not None else int(requester_id))
+
+    def _ranked(
+        self,
+        index: Collection,
+        queries: Mapping[SpaceKind, tuple[Collection, list[float]]],
+        filters: Filters,
+        visibility: Visibility,
+        depth: int,
+        enough: int,
+    ) -> dict[SpaceKind, list[_Candidate]]:
+        """Per space, up to ``depth`` visible records nearest to its vector, best first.
+
+        The vector queries return ids and distances only (Chroma returns metadata row by row, which is
+        what makes wide fetches slow); the few keys that decide visibility are then read for the union
+        of candidates from the small index collection in one call. Over-fetch 1.5x; while a space keeps
+        fewer than ``enough``, widen it x4; past ``MAX_FETCH`` let Chroma apply the visibility
+        where-clause (slow but complete).
+        """
+        base = filters.clauses()
+        if self.visibility_mode == "where":
+            base = base + visibility.where()
+        fetch = dict.fromkeys(queries, max(depth + depth // 2, 10))
+        found = {space: self._nearest(collection, vector, fetch[space], _where(base))
+                 for space, (collection, vector) in queries.items()}
+        metas = self._index_metas(index, {rid for hits in found.values() for rid, _ in hits})
+        ranked: dict[SpaceKind, list[_Candidate]] = {}
+        for space, (collection, vector) in queries.items():
+            while True:
+                kept = [_Candidate(rid, sim, metas[rid]) for rid, sim in found[space]
+                        if rid in metas and visibility.allows(metas[rid])]
+                if len(found[space]) < fetch[space] or len(kept) >= enough:  # all seen, or the top is safe
+                    break
+                if fetch[space] >= MAX_FETCH:
+                    log.debug("post-filter kept %d of %d; using a where-clause", len(kept), fetch[space])
+                    fetch[space] = depth
+                    found[space] = self._nearest(collection, vector, depth, _where(base + visibility.where()))
+                    metas.update(self._index_metas(index, {rid for rid, _ in found[space]} - metas.keys()))
+                    kept = [_Candidate(rid, sim, metas[rid]) for rid, sim in found[space]
+                            if rid in metas and visibility.allows(metas[rid])]
+                    break
+                fetch[space] = min(fetch[space] * 4, MAX_FETCH)
+                found[space] = self._nearest(collection, vector, fetch[space], _where(base))
+                metas.update(self._index_metas(index, {rid for rid, _ in found[space]} - metas.keys()))
+            ranked[space] = kept[:depth]
+        return ranked
+
+    @staticmethod
+    def _nearest(collection: Collection, vector: list[float], n: int, where: dict[str, Any] | None
+                 ) -> list[tuple[str, float]]:
+        """(id, cosine similarity) of the ``n`` nearest records, without their metadata."""
+        result = collection.query(query_embeddings=[vector], n_results=n, where=where, include=["distances"])
+        distances = (result["distances"] or [[]])[0]
+        return [(rid, 1.0 - float(dist)) for rid, dist in zip(result["ids"][0], distances, strict=True)]
+
+    def _index_metas(self, index: Collection, ids: Iterable[str]) -> dict[str, Mapping[str, Any]]:
+        """The small filter metadata (:data:`INDEX_KEYS`) of these records, from the clip collection."""
+        return self._records(index, sorted(ids))
+
+    def _records(self, text: Collection | None, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        if text is None or not ids:
+            return {}
+        found: dict[str, Mapping[str, Any]] = {}
+        for chunk in _chunks(list(dict.fromkeys(ids)), self._batch):
+            result = text.get(ids=list(chunk), include=["metadatas"])
+            for rid, meta in zip(result["ids"], result["metadatas"] or [], strict=True):
+                if meta is not None:
+                    found[rid] = meta
+        return found
+
+
+def _index_meta(meta: Metadata) -> Metadata:
+    return {key: meta[key] for key in INDEX_KEYS if key in meta}
+
+
+def _channel_visible(channel_id: int | None, visibility: Visibility) -> bool:
+    return channel_id is None or visibility.visible_channel_ids is None or channel_id in visibility.visible_channel_ids
+
+
+class AsyncImageStore:
+    """The same API for the event loop: each call runs in a worker thread, since Chroma blocks."""
+
+    def __init__(self, store: ImageStore) -> None:
+        self.store = store
+
+    @classmethod
+    async def open(cls, settings: Settings) -> AsyncImageStore:
+        return cls(await asyncio.to_thread(ImageStore.open, settings))
+
+    async def upsert(self, ref: ImageRef, analysis: ImageAnalysis) -> None:
+        await asyncio.to_thread(self.store.upsert, ref, analysis)
+
+    async def upsert_many(self, items: Iterable[tuple[ImageRef, ImageAnalysis]]) -> int:
+        return await asyncio.to_thread(self.store.upsert_many, list(items))
+
+    async def has(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
+                  ) -> set[int]:
+        return await asyncio.to_thread(self.store.has, guild_id, list(attachment_ids), user_id=user_id)
+
+    async def delete_message(self, guild_id: int | None, message_id: int, *, user_id: int | None = None) -> int:
+        return await asyncio.to_thread(self.store.delete_message, guild_id, message_id, user_id=user_id)
+
+    async def delete_messages(self, guild_id: int | None, message_ids: Iterable[int], *, user_id: int | None = None
+                              ) -> int:
+        return await asyncio.to_thread(self.store.delete_messages, guild_id, list(message_ids), user_id=user_id)
+
+    async def delete_attachments(
+        self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
+    ) -> int:
+        return await asyncio.to_thread(self.store.delete_attachments, guild_id, list(attachment_ids), user_id=user_id)
+
+    async def sync_message(self, guild_id: int | None, message_id: int, remaining_attachment_ids: Iterable[int],
+                           *, user_id: int | None = None) -> int:
+        return await asyncio.to_thread(
+            self.store.sync_message, guild_id, message_id, list(remaining_attachment_ids), user_id=user_id
+        )
+
+    async def forget_user(self, guild_id: int | None, user_id: int) -> int:
+        return await asyncio.to_thread(self.store.forget_user, guild_id, user_id)
+
+    async def forget_user_everywhere(self, user_id: int) -> int:
+        return await asyncio.to_thread(self.store.forget_user_everywhere, user_id)
+
+    async def search(self, guild_id: int | None, **kwargs: Any) -> list[SearchHit]:
+        """Keyword arguments as :meth:`ImageStore.search`."""
+        return await asyncio.to_thread(lambda: self.store.search(guild_id, **kwargs))
+
+    async def similar(self, guild_id: int | None, image_vector: Vector, **kwargs: Any) -> list[SearchHit]:
+        """Keyword arguments as :meth:`ImageStore.similar`."""
+        return await asyncio.to_thread(lambda: self.store.similar(guild_id, image_vector, **kwargs))
+
+    async def browse(self, guild_id: int | None, **kwargs: Any) -> list[StoredImage]:
+        """Keyword arguments as :meth:`ImageStore.browse`."""
+        return await asyncio.to_thread(lambda: self.store.browse(guild_id, **kwargs))
+
+    async def count(self, guild_id: int | None, **kwargs: Any) -> int:
+        """Keyword arguments as :meth:`ImageStore.count`."""
+        return await asyncio.to_thread(lambda: self.store.count(guild_id, **kwargs))
+
+    async def get(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
+                  ) -> dict[int, StoredImage]:
+        return await asyncio.to_thread(self.store.get, guild_id, list(attachment_ids), user_id=user_id)

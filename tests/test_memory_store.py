@@ -1,0 +1,454 @@
+"""The image memory over a real Chroma (embedded, and one HTTP server): isolation, sync, ranking."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.analysis import ImageAnalysis, Scored, Sentiment
+from bot.config import MemorySettings, Settings
+from bot.memory.records import ImageRef, from_metadata, to_metadata
+from bot.memory.store import AsyncImageStore, ImageStore
+
+GUILD_A, GUILD_B = 900_000_000_000_000_001, 900_000_000_000_000_002
+PUBLIC, OTHER, PRIVATE, ADULT = 11, 12, 13, 14
+ALICE, BOB, CAROL = 101, 102, 103
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+TEXT_DIM, CLIP_DIM = 384, 512
+RNG = np.random.default_rng(7)
+
+
+def unit(vector: np.ndarray) -> list[float]:
+    return (vector / np.linalg.norm(vector)).astype(np.float32).tolist()
+
+
+def random_vector(dim: int) -> np.ndarray:
+    return RNG.standard_normal(dim)
+
+
+def near(vector: np.ndarray, noise: float) -> np.ndarray:
+    return vector / np.linalg.norm(vector) + noise * RNG.standard_normal(vector.shape[0]) / np.sqrt(vector.shape[0])
+
+
+def analysis(text_vec=None, clip_vec=None, *, caption="a photo", sentiment="neutral", topic="animals") -> ImageAnalysis:
+    text_vec = random_vector(TEXT_DIM) if text_vec is None else np.asarray(text_vec)
+    clip_vec = random_vector(CLIP_DIM) if clip_vec is None else np.asarray(clip_vec)
+    scores = {"negative": 0.1, "neutral": 0.1, "positive": 0.1, sentiment: 0.8}
+    return ImageAnalysis(
+        caption=caption,
+        labels={"objects": [Scored("dog", 0.9), Scored("cat", 0.05)], "scenes": [Scored("park", 0.7)],
+                "medium": [Scored("photograph", 0.8)]},
+        sentiment=Sentiment.from_scores(scores),
+        image_sentiment=None,
+        topics=[Scored(topic, 0.6)],
+        caption_topics=[Scored(topic, 0.5)],
+        caption_embedding=unit(text_vec),
+        image_embedding=unit(clip_vec),
+        model_ids={"captioner": "tiny-blip", "tagger": "tiny-clip"},
+        width=640,
+        height=480,
+        format="JPEG",
+    )
+
+
+def ref(attachment_id: int, *, guild=GUILD_A, channel=PUBLIC, author=ALICE, message=None, when=T0,
+        nsfw=False) -> ImageRef:
+    message = attachment_id * 10 if message is None else message
+    return ImageRef(
+        attachment_id=attachment_id, message_id=message, channel_id=channel, guild_id=guild, author_id=author,
+        jump_url=f"https://discord.com/channels/{guild or '@me'}/{channel}/{message}",
+        attachment_url=f"https://cdn.example/{attachment_id}.jpg", filename=f"{attachment_id}.jpg",
+        created_at=when, nsfw=nsfw,
+    )
+
+
+def settings_for(tmp_path: Path, **memory) -> Settings:
+    return Settings(memory=MemorySettings(**memory), base_dir=str(tmp_path))
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test draws the same vectors, whatever ran before it."""
+    global RNG
+    RNG = np.random.default_rng(7)
+
+
+@pytest.fixture(autouse=True)
+def no_default_embedder(monkeypatch):
+    """Chroma's default embedding function must never run (it would download an ONNX model)."""
+    from chromadb.utils.embedding_functions import onnx_mini_lm_l6_v2
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Chroma's default embedding function was used")
+
+    monkeypatch.setattr(onnx_mini_lm_l6_v2.ONNXMiniLM_L6_V2, "__call__", refuse)
+    monkeypatch.setattr(onnx_mini_lm_l6_v2.ONNXMiniLM_L6_V2, "_download_model_if_not_exists", refuse)
+
+
+@pytest.fixture
+def store(tmp_path) -> ImageStore:
+    return ImageStore.open(settings_for(tmp_path, path="chroma", collection_prefix="test"))
+
+
+def search(store: ImageStore, guild=GUILD_A, *, text=None, clip=None, visible=None, nsfw=False, requester=ALICE,
+           **kwargs):
+    return store.search(guild, text_vector=text, clip_vector=clip, visible_channel_ids=visible, allow_nsfw=nsfw,
+                        requester_id=requester, **kwargs)
+
+
+def ids(hits) -> list[int]:
+    return [hit.image.attachment_id for hit in hits]
+
+
+# ----- records -----
+
+def test_metadata_roundtrip_keeps_snowflakes_and_fields():
+    big = 1_234_567_890_123_456_789
+    original = ref(big, guild=None, author=big - 1, message=big - 2, when=datetime(2024, 1, 2, 3, 4, 5))  # naive = UTC
+    meta = to_metadata(original, analysis())
+    assert all(isinstance(value, (str, int, float, bool)) for value in meta.values())
+    stored = from_metadata(meta)
+    assert stored.ref == original
+    assert stored.ref.guild_id is None and stored.ref.created_at.tzinfo == UTC
+    assert stored.labels == ["dog", "park", "photograph"]
+    assert stored.tags == ["dog", "cat", "park", "photograph"]
+    assert stored.top_label_by_set == {"objects": "dog", "scenes": "park", "medium": "photograph"}
+    assert stored.sentiment == "neutral" and stored.sentiment_scores["neutral"] == pytest.approx(0.8)
+    assert stored.topic == "animals" and stored.caption_topic == "animals"
+    assert stored.model_ids == {"captioner": "tiny-blip", "tagger": "tiny-clip"}
+    assert ImageRef.from_dict(original.to_dict()) == original
+    with pytest.raises(ValueError, match="message_id"):
+        ref(1, message=2**63)  # beyond Chroma's 64-bit integers: refused, never silently rounded
+
+
+# ----- writes -----
+
+def test_upsert_is_idempotent_under_replay(store):
+    first = analysis()
+    store.upsert(ref(1), first)
+    store.upsert(ref(1), first)
+    store.upsert_many([(ref(1), first), (ref(2), analysis()), (ref(2), analysis())])
+    assert store.count(GUILD_A) == 2
+    assert store.has(GUILD_A, [1, 2, 3]) == {1, 2}
+    assert store.has(GUILD_B, [1, 2]) == set()
+    # A replay with new content overwrites rather than adding.
+    store.upsert(ref(1), analysis(caption="a new caption"))
+    assert store.count(GUILD_A) == 2
+    assert store.get(GUILD_A, [1])[1].caption == "a new caption"
+
+
+def test_delete_message_bulk_and_edit_sync(store):
+    store.upsert_many([
+        (ref(1, message=500), analysis()), (ref(2, message=500), analysis()), (ref(3, message=500), analysis()),
+        (ref(4, message=501), analysis()), (ref(5, message=502), analysis()), (ref(6, message=503), analysis()),
+    ])
+    query = random_vector(TEXT_DIM)
+    assert store.delete_message(GUILD_A, 501) == 1
+    assert store.delete_message(GUILD_A, 501) == 0  # a replayed delete event is harmless
+    assert store.delete_messages(GUILD_A, [502, 503, 999]) == 2
+    # An edit removed attachment 2 from message 500; 1 and 3 remain.
+    assert store.sync_message(GUILD_A, 500, [1, 3]) == 1
+    assert store.delete_attachments(GUILD_A, [3, 77]) == 1
+    assert store.has(GUILD_A, range(10)) == {1}
+    assert ids(search(store, text=query, clip=random_vector(CLIP_DIM), limit=50)) == [1]
+    assert store.count(GUILD_A) == 1
+
+
+def test_forget_user_in_guild_dm_and_everywhere(store):
+    store.upsert_many([
+        (ref(1, author=ALICE), analysis()), (ref(2, author=ALICE), analysis()), (ref(3, author=BOB), analysis()),
+        (ref(4, guild=GUILD_B, author=ALICE), analysis()), (ref(5, guild=GUILD_B, author=BOB), analysis()),
+        (ref(6, guild=None, author=ALICE), analysis()), (ref(7, guild=None, author=BOB), analysis()),
+    ])
+    assert store.forget_user(GUILD_A, ALICE) == 2  # /forget in guild A: guild A only
+    assert store.has(GUILD_A, [1, 2, 3]) == {3}
+    assert store.has(GUILD_B, [4, 5]) == {4, 5}
+    assert store.forget_user_everywhere(ALICE) == 2  # guild B and her DMs
+    assert store.has(GUILD_B, [4, 5]) == {5}
+    assert store.has(None, [6], user_id=ALICE) == set()
+    assert store.has(None, [7], user_id=BOB) == {7}
+    assert store.forget_user(None, BOB) == 1
+    assert store.forget_user_everywhere(ALICE) == 0
+
+
+# ----- isolation -----
+
+def test_guilds_never_see_each_other_even_with_identical_vectors(store):
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    store.upsert(ref(1, guild=GUILD_A), analysis(text, clip))
+    store.upsert_many([(ref(10 + i, guild=GUILD_B), analysis()) for i in range(5)])
+    hits = search(store, GUILD_B, text=text, clip=clip, limit=50)
+    assert ids(hits) and 1 not in ids(hits)
+    assert all(hit.image.ref.guild_id == GUILD_B for hit in hits)
+    assert ids(search(store, GUILD_A, text=text, clip=clip, limit=1)) == [1]
+    assert search(store, 900_000_000_000_000_099, text=text, clip=clip) == []  # a guild with no images yet
+
+
+def test_private_channels_are_never_returned(store):
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    # The private channel holds the best matches and most of the images; the public one a few weak ones.
+    store.upsert_many([(ref(100 + i, channel=PRIVATE), analysis(near(text, 0.1), near(clip, 0.1)))
+                       for i in range(120)])
+    store.upsert_many([(ref(300 + i, channel=PUBLIC), analysis()) for i in range(4)])
+    for visible in ({PUBLIC}, {PUBLIC, OTHER}):
+        hits = search(store, text=text, clip=clip, visible=visible, limit=10)
+        assert sorted(ids(hits)) == [300, 301, 302, 303]  # found despite 120 better hidden ones
+        assert all(hit.image.ref.channel_id == PUBLIC for hit in hits)
+        # Ranks count visible records only: no gap betrays the hidden ones.
+        assert sorted(hit.text_rank for hit in hits) == sorted(hit.clip_rank for hit in hits) == [1, 2, 3, 4]
+        similar = store.similar(GUILD_A, clip, visible_channel_ids=visible, allow_nsfw=False, requester_id=ALICE)
+        assert sorted(ids(similar)) == [300, 301, 302, 303]
+        pages = store.browse(GUILD_A, visible_channel_ids=visible, allow_nsfw=False, requester_id=ALICE, limit=100)
+        assert sorted(image.attachment_id for image in pages) == [300, 301, 302, 303]
+        assert store.count(GUILD_A, visible_channel_ids=visible, allow_nsfw=False) == 4
+    assert search(store, text=text, clip=clip, visible=set()) == []
+    # Asking for the private channel by name from outside it yields nothing either.
+    assert search(store, text=text, clip=clip, visible={PUBLIC}, channel_id=PRIVATE) == []
+    assert len(search(store, text=text, clip=clip, visible=None, limit=200)) == 124
+
+
+def test_nsfw_only_when_allowed(store):
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    store.upsert_many([(ref(1 + i, channel=ADULT, nsfw=True), analysis(near(text, 0.05), near(clip, 0.05)))
+                       for i in range(30)])
+    store.upsert_many([(ref(100 + i), analysis()) for i in range(3)])
+    safe = search(store, text=text, clip=clip, nsfw=False, limit=50)
+    assert sorted(ids(safe)) == [100, 101, 102]
+    assert not any(hit.image.ref.nsfw for hit in safe)
+    assert not any(hit.image.ref.nsfw for hit in store.similar(
+        GUILD_A, clip, visible_channel_ids=None, allow_nsfw=False, requester_id=ALICE, limit=50))
+    assert len(search(store, text=text, clip=clip, nsfw=True, limit=50)) == 33
+    assert ids(search(store, text=text, clip=clip, nsfw=True, limit=1))[0] < 100
+
+
+def test_dm_search_sees_only_the_requesters_own_images(store):
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    store.upsert(ref(1, guild=None, author=ALICE, channel=7001), analysis(text, clip))
+    store.upsert(ref(2, guild=None, author=BOB, channel=7002), analysis(text, clip))
+    store.upsert(ref(3, guild=GUILD_A, author=ALICE), analysis(text, clip))
+    assert ids(search(store, None, text=text, clip=clip, requester=ALICE, limit=10)) == [1]
+    assert ids(search(store, None, text=text, clip=clip, requester=BOB, limit=10)) == [2]
+    assert search(store, None, text=text, clip=clip, requester=CAROL) == []
+    assert ids(store.similar(None, clip, visible_channel_ids=None, allow_nsfw=False, requester_id=BOB)) == [2]
+    # A DM delete event that doesn't say whose DM it was still finds the message.
+    assert store.delete_message(None, 20) == 1
+    assert store.has(None, [2], user_id=BOB) == set()
+    assert store.count(None, requester_id=ALICE) == 1
+
+
+# ----- ranking -----
+
+def test_hybrid_search_puts_the_right_image_first(store):
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    items = [(ref(1), analysis(near(text, 0.6), near(clip, 0.6))),  # good in both spaces
+             (ref(2), analysis(near(text, 0.3), None)),  # best caption, unrelated image
+             (ref(3), analysis(None, near(clip, 0.3)))]  # best image, unrelated caption
+    items += [(ref(100 + i), analysis()) for i in range(60)]  # distractors
+    store.upsert_many(items)
+    hits = search(store, text=text, clip=clip, limit=5)
+    assert ids(hits)[0] == 1  # second in both spaces beats first in one (and random in the other)
+    top = hits[0]
+    assert (top.text_rank, top.clip_rank) == (2, 2)
+    assert top.score == pytest.approx(2 / 62)
+    assert top.text_similarity is not None and top.clip_similarity is not None
+    assert hits[0].image.caption == "a photo" and hits[0].image.ref.jump_url.endswith("/10")
+    # One space alone ranks by that space only.
+    assert ids(search(store, text=text, limit=1)) == [2]
+    assert ids(search(store, clip=clip, limit=1)) == [3]
+    assert search(store, clip=clip, limit=1)[0].text_rank is None
+
+
+def test_explicit_filters(store):
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    store.upsert_many([
+        (ref(1, author=ALICE, when=T0), analysis(text, clip, sentiment="positive", topic="food")),
+        (ref(2, author=BOB, channel=OTHER, when=T0 + timedelta(days=3)), analysis(text, clip, topic="animals")),
+        (ref(3, author=BOB, when=T0 + timedelta(days=10)), analysis(text, clip, sentiment="negative")),
+    ])
+    assert sorted(ids(search(store, text=text, clip=clip, author_id=BOB))) == [2, 3]
+    assert ids(search(store, text=text, clip=clip, channel_id=OTHER)) == [2]
+    assert ids(search(store, text=text, clip=clip, sentiment="positive")) == [1]
+    assert ids(search(store, text=text, clip=clip, topic="food")) == [1]
+    assert ids(search(store, text=text, clip=clip, since=T0 + timedelta(days=1), until=T0 + timedelta(days=5))) == [2]
+    assert ids(search(store, text=text, clip=clip, since=T0 + timedelta(days=10))) == [3]
+    assert ids(search(store, text=text, clip=clip, until=T0 + timedelta(seconds=1))) == [1]
+    newest = store.browse(GUILD_A, visible_channel_ids=None, allow_nsfw=False, requester_id=ALICE)
+    assert [image.attachment_id for image in newest] == [3, 2, 1]
+    oldest = store.browse(GUILD_A, visible_channel_ids=None, allow_nsfw=False, requester_id=ALICE,
+                          newest_first=False, limit=2, offset=1)
+    assert [image.attachment_id for image in oldest] == [2, 3]
+    assert store.count(GUILD_A, author_id=BOB) == 2
+    assert store.count(GUILD_A, since=T0 + timedelta(days=2)) == 2
+
+
+def test_where_mode_agrees_with_postfilter(tmp_path):
+    from chromadb.config import Settings as ChromaSettings
+
+    client = __import__("chromadb").PersistentClient(path=str(tmp_path / "c"),
+                                                     settings=ChromaSettings(anonymized_telemetry=False))
+    post, where = ImageStore(client, prefix="x"), ImageStore(client, prefix="x", visibility_mode="where")
+    post.upsert_many([(ref(i, channel=(PUBLIC, PRIVATE, OTHER)[i % 3], nsfw=i % 7 == 0), analysis())
+                      for i in range(1, 90)])
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        text, clip = rng.standard_normal(TEXT_DIM), rng.standard_normal(CLIP_DIM)
+        a = search(post, text=text, clip=clip, visible={PUBLIC, OTHER}, limit=10)
+        b = search(where, text=text, clip=clip, visible={PUBLIC, OTHER}, limit=10)
+        assert len(a) == len(b) == 10
+        # Post-filter may stop with fewer tail candidates than the where-clause returns, which can
+        # reorder close fused scores; the per-space ranks among visible records must agree exactly.
+        ranks_b = {hit.image.attachment_id: (hit.text_rank, hit.clip_rank) for hit in b}
+        for hit in a:
+            if hit.image.attachment_id in ranks_b:
+                theirs = ranks_b[hit.image.attachment_id]
+                assert hit.text_rank in (None, theirs[0]) and hit.clip_rank in (None, theirs[1])
+        assert all(hit.image.ref.channel_id != PRIVATE and not hit.image.ref.nsfw for hit in a + b)
+
+
+def test_query_text_never_embeds_with_chromas_default(store):
+    store.upsert(ref(1), analysis())
+    text = store.client.get_collection(store.collection_name(GUILD_A, None, "text"), embedding_function=None)
+    with pytest.raises(ValueError, match="embedding function"):
+        text.query(query_texts=["a dog"])
+    for collection in store._collections.values():
+        assert collection._embedding_function is None
+    with pytest.raises(ValueError):
+        ImageStore(store.client, prefix="bad prefix!")
+
+
+async def test_async_wrapper(tmp_path):
+    memory = await AsyncImageStore.open(settings_for(tmp_path, path=str(tmp_path / "chroma")))
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    await memory.upsert(ref(1), analysis(text, clip))
+    await asyncio.gather(*(memory.upsert(ref(10 + i), analysis()) for i in range(5)))
+    assert await memory.has(GUILD_A, [1, 10, 99]) == {1, 10}
+    hits = await memory.search(GUILD_A, text_vector=text, clip_vector=clip, visible_channel_ids={PUBLIC},
+                               allow_nsfw=False, requester_id=ALICE, limit=3)
+    assert ids(hits)[0] == 1
+    assert await memory.delete_message(GUILD_A, 10) == 1
+    assert await memory.count(GUILD_A) == 5
+
+
+# ----- real photos through the tiny models -----
+
+def _reencode(data: bytes) -> bytes:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image = image.resize((image.width * 7 // 10, image.height * 7 // 10))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=35)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photo_analyses(analyzer, photos):
+    from bot.imaging import decode_image
+
+    names = sorted(photos)
+    originals = analyzer.analyze([decode_image(photos[name]) for name in names])
+    # Only the image vectors of the variants matter: the CLIP encoder alone, as analyze() runs it.
+    variants = analyzer.tagger.encode_images([decode_image(_reencode(photos[name])).image for name in names])
+    return names, originals, variants.cpu().numpy().astype(np.float32)
+
+
+def test_similar_finds_the_same_photo_reencoded_first(store, photo_analyses):
+    names, originals, variants = photo_analyses
+    assert len(names) >= 4
+    store.upsert_many([(ref(1000 + i), item) for i, item in enumerate(originals)])
+    for i, variant in enumerate(variants):
+        hits = store.similar(GUILD_A, variant, visible_channel_ids={PUBLIC}, allow_nsfw=False,
+                             requester_id=ALICE, limit=3)
+        assert ids(hits)[0] == 1000 + i, names[i]
+        assert hits[0].score > hits[1].score
+        # Right-click "find similar" on the stored image itself leaves the image out.
+        again = store.similar(GUILD_A, originals[i].image_embedding, visible_channel_ids={PUBLIC},
+                              allow_nsfw=False, requester_id=ALICE, exclude_attachment_id=1000 + i)
+        assert 1000 + i not in ids(again) and len(again) == len(names) - 1
+
+
+def test_real_photo_search_with_query_vectors(store, photo_analyses, analyzer):
+    _, originals, _ = photo_analyses
+    store.upsert_many([(ref(1000 + i), item) for i, item in enumerate(originals)])
+    store.upsert_many([(ref(5000 + i), item) for i, item in enumerate(originals)])  # a second copy of each...
+    store.delete_attachments(GUILD_A, [5000 + i for i in range(len(originals))])  # ...deleted again
+    caption = originals[0].caption
+    hits = search(store, text=analyzer.embed_texts([caption])[0], clip=analyzer.clip_texts([caption])[0],
+                  visible={PUBLIC}, limit=20)
+    assert sorted(ids(hits)) == [1000 + i for i in range(len(originals))]
+    assert any(hit.text_rank == 1 and hit.image.caption == caption for hit in hits)
+    assert all(hit.image.model_ids for hit in hits)
+
+
+# ----- HTTP backend: a real `chroma run` server -----
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    chroma = Path(sys.executable).with_name("chroma")
+    if not chroma.exists():
+        found = shutil.which("chroma")
+        if not found:
+            pytest.skip("the chroma CLI is not installed next to this Python")
+        chroma = Path(found)
+    port = _free_port()
+    log = (tmp_path / "chroma-server.log").open("wb")
+    process = subprocess.Popen(
+        [str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.skip(f"chroma server did not start: {(tmp_path / 'chroma-server.log').read_text()[-500:]}")
+                time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_http_backend_against_a_real_server(tmp_path, chroma_server):
+    store = ImageStore.open(settings_for(tmp_path, backend="http", port=chroma_server, collection_prefix="http"))
+    big = 1_298_765_432_109_876_543
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    store.upsert(ref(big, channel=big - 7, author=big - 9, message=big - 5), analysis(text, clip))
+    store.upsert(ref(big, channel=big - 7, author=big - 9, message=big - 5), analysis(text, clip))
+    store.upsert_many([(ref(10 + i), analysis()) for i in range(10)])
+    store.upsert(ref(99, channel=PRIVATE, author=BOB), analysis(text, clip))
+    assert store.count(GUILD_A) == 12
+    hits = search(store, text=text, clip=clip, visible={PUBLIC, big - 7}, limit=5)
+    assert ids(hits)[0] == big and 99 not in ids(hits)
+    assert hits[0].image.ref.channel_id == big - 7 and hits[0].image.ref.author_id == big - 9
+    assert store.has(GUILD_A, [big, 12345]) == {big}
+    assert store.delete_message(GUILD_A, big - 5) == 1
+    assert store.forget_user(GUILD_A, ALICE) == 10
+    assert store.count(GUILD_A) == 1
+    for collection in store._collections.values():
+        assert collection._embedding_function is None
