@@ -3,6 +3,11 @@
 Each role runs once per batch (BLIP captions the whole batch, CLIP encodes it once and tags every
 label set from the same features, the caption texts are embedded and scored together). This class
 is synchronous and knows nothing about asyncio or Discord; the inference queue calls it.
+
+Work is split in two so the CPU and the accelerator overlap: :meth:`Analyzer.prepare` (one image,
+CPU only, thread-safe: the models' resize/normalise) runs in the queue's decode threads while the
+worker thread runs :meth:`Analyzer.analyze` on the previous batch, which then only stacks the
+prepared tensors, copies them to the device and runs the models.
 """
 
 from __future__ import annotations
@@ -11,14 +16,16 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
+import torch
 
 from bot.analysis import ImageAnalysis, Sentiment
 from bot.config import Settings
 from bot.imaging import DecodedImage
 from bot.labels import load_label_sets
-from bot.models.captioner import BlipCaptioner, Captioner
+from bot.models.captioner import BlipCaptioner, Captioner, SplitCaptioner
 from bot.models.device import resolve_device, resolve_dtype
 from bot.models.embedder import TextEmbedder
 from bot.models.hub import resolve_clip, resolve_hf
@@ -33,11 +40,50 @@ _SPECIAL_SETS = ("topics", "sentiment")
 
 @dataclass
 class StageTimings:
-    """Seconds spent per role in the last batch (for metrics and benchmarks)."""
+    """Seconds spent per role in the last batch (for metrics and benchmarks).
+
+    ``prepare`` is the CPU preprocessing done inside :meth:`Analyzer.analyze` for items that arrived
+    as plain :class:`DecodedImage` (zero when the queue prepared them ahead in its decode threads).
+    """
 
     caption: float = 0.0
     clip: float = 0.0
     text: float = 0.0
+    prepare: float = 0.0
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A decoded image plus its model-ready pixels, made on a CPU thread ahead of the batch.
+
+    ``caption_pixels`` is None for a captioner without a separate ``preprocess`` step (it then gets
+    the PIL image at batch time).
+    """
+
+    decoded: DecodedImage
+    caption_pixels: torch.Tensor | None
+    clip_pixels: torch.Tensor
+
+
+def _splits_preprocessing(captioner: Captioner) -> TypeGuard[SplitCaptioner]:
+    """Whether a captioner offers ``preprocess`` + ``caption_pixels`` (BLIP does; simple fakes may not)."""
+    return callable(getattr(captioner, "preprocess", None)) and callable(getattr(captioner, "caption_pixels", None))
+
+
+def stage_batch(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Stack per-image CPU tensors into one batch on ``device``.
+
+    On CUDA the batch is stacked straight into page-locked (pinned) host memory, so the copy to the
+    GPU can be issued ``non_blocking`` and overlaps whatever the GPU is still doing; PyTorch's
+    pinned-memory allocator keeps the staging buffer alive until that copy has finished. On the CPU
+    it is a plain stack (pinning would only add a copy).
+    """
+    if device.type != "cuda":
+        return torch.stack(list(tensors))
+    first = tensors[0]
+    staging = torch.empty((len(tensors), *first.shape), dtype=first.dtype, pin_memory=True)
+    torch.stack(list(tensors), out=staging)
+    return staging.to(device, non_blocking=True)
 
 
 class Analyzer:
@@ -82,6 +128,8 @@ class Analyzer:
             blip_path, model_id=models.captioner.model, device=device, dtype=dtype,
             max_new_tokens=models.captioner.max_new_tokens, num_beams=models.captioner.num_beams,
             prompt=models.captioner.prompt,
+            # Opt-in, CPU only; read defensively until the config grows the key.
+            cpu_int8=bool(getattr(models.captioner, "cpu_int8", False)),
         )
         tagger = ClipTagger(
             model=clip_model, weights=clip_path, label_sets=label_sets, device=device, dtype=dtype,
@@ -106,18 +154,50 @@ class Analyzer:
             "sentiment": self.sentiment.model_id,
         }
 
-    def analyze(self, images: Sequence[DecodedImage]) -> list[ImageAnalysis]:
+    @property
+    def device(self) -> torch.device:
+        """Where the vision models run (the captioner's device; CPU for captioners that don't say)."""
+        return getattr(self.captioner, "device", None) or torch.device("cpu")
+
+    def prepare(self, decoded: DecodedImage) -> PreparedImage:
+        """CPU preprocessing for one image: thread-safe, no model weights touched.
+
+        The inference queue calls this in its decode threads, so resize/normalise for the next batch
+        happens while the worker thread is busy with the current one.
+        """
+        caption_pixels = None
+        if _splits_preprocessing(self.captioner):
+            caption_pixels = self.captioner.preprocess([decoded.image])[0]
+        clip_pixels = self.tagger.preprocess_batch([decoded.image])[0]
+        return PreparedImage(decoded=decoded, caption_pixels=caption_pixels, clip_pixels=clip_pixels)
+
+    def analyze(self, images: Sequence[DecodedImage | PreparedImage]) -> list[ImageAnalysis]:
+        """One record per image, in order; each model role runs once for the whole batch.
+
+        Items may be plain decoded images (prepared here) or :meth:`prepare` output (already
+        preprocessed in a decode thread), mixed freely.
+        """
         if not images:
             return []
-        pil_images = [decoded.image for decoded in images]
         timings = StageTimings()
+        started = time.perf_counter()
+        prepared = [item if isinstance(item, PreparedImage) else self.prepare(item) for item in images]
+        timings.prepare = time.perf_counter() - started
+        device = self.device
+
+        # The CLIP batch is staged before BLIP runs: on CUDA its copy then overlaps BLIP's compute.
+        clip_pixels = stage_batch([item.clip_pixels for item in prepared], device)
 
         started = time.perf_counter()
-        captions = self.captioner.caption(pil_images)
+        caption_tensors = [item.caption_pixels for item in prepared if item.caption_pixels is not None]
+        if len(caption_tensors) == len(prepared) and _splits_preprocessing(self.captioner):
+            captions = self.captioner.caption_pixels(stage_batch(caption_tensors, device))
+        else:
+            captions = self.captioner.caption([item.decoded.image for item in prepared])
         timings.caption = time.perf_counter() - started
 
         started = time.perf_counter()
-        image_features = self.tagger.encode_images(pil_images)
+        image_features = self.tagger.encode_images(clip_pixels)
         generic_sets = [name for name in self.tagger.label_sets if name not in _SPECIAL_SETS]
         labels = self.tagger.tag(image_features, generic_sets)
         topics = self.tagger.tag(image_features, ["topics"])
@@ -153,12 +233,16 @@ class Analyzer:
                 format=decoded.format,
                 animated=decoded.animated,
             )
-            for i, decoded in enumerate(images)
+            for i, decoded in enumerate(item.decoded for item in prepared)
         ]
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Caption-space vectors for search queries."""
         return self.embedder.embed(texts)
+
+    def score_sentiment(self, texts: Sequence[str]) -> list[Sentiment]:
+        """The sentiment role on free text (stories, /vibe), one result per text."""
+        return self.sentiment.score(texts)
 
     def clip_texts(self, texts: Sequence[str]) -> np.ndarray:
         """CLIP text vectors (text→image search)."""

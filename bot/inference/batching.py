@@ -43,6 +43,7 @@ class JobKind(enum.StrEnum):
     IMAGE = "image"  # caption + CLIP tags + caption embedding + sentiment
     EMBED_TEXT = "embed_text"  # MiniLM vectors for search queries
     CLIP_TEXT = "clip_text"  # CLIP text vectors for text→image search
+    SENTIMENT = "sentiment"  # the sentiment model on free text (stories, /vibe)
 
 
 class JobState(enum.Enum):

@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from bot.analysis import ImageAnalysis
+from bot.analysis import ImageAnalysis, Sentiment
 from bot.config import ImageSettings, QueueSettings, Settings
 from bot.imaging import DecodedImage, ImageRejected, decode_image
 from bot.inference.batching import Job, JobBoard, JobKind, is_out_of_memory, predict_splitting_on_oom
@@ -134,7 +134,12 @@ class InferenceQueue:
         )
         self._board.open()
         self._spawn_worker(loop)
-        await asyncio.shield(self._ready)
+        try:
+            await asyncio.shield(self._ready)
+        except Exception:  # the models failed to load: the worker has already closed the board
+            self._state = "closed"
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            raise
         if self._state == "starting":
             self._state = "running"
 
@@ -215,6 +220,13 @@ class InferenceQueue:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         result: np.ndarray = await self._run(JobKind.CLIP_TEXT, timeout, payload=list(texts))
+        return result
+
+    async def score_sentiment(self, texts: Sequence[str], *, timeout: float | None = None) -> list[Sentiment]:  # noqa: ASYNC109
+        """The sentiment model on free text (one :class:`Sentiment` per text), batched like the rest."""
+        if not texts:
+            return []
+        result: list[Sentiment] = await self._run(JobKind.SENTIMENT, timeout, payload=list(texts))
         return result
 
     # ------------------------------------------------------------------ caller side
@@ -326,10 +338,10 @@ class InferenceQueue:
                     self._analyzer = self._factory()
                 except BaseException as exc:
                     log.exception("inference queue: loading the models failed")
-                    self._signal_ready(loop, exc)
+                    # Close before start() learns of it, so no job can be admitted after the failure.
                     self._fail(self._board.close(drain=False), WorkerCrashed(f"model loading failed: {exc}"))
-                    self._state = "closing"
                     self._stopped.set()
+                    self._signal_ready(loop, exc)
                     return
             self._signal_ready(loop, None)
             while (batch := self._board.next_batch()) is not None:
@@ -384,15 +396,29 @@ class InferenceQueue:
         analyzer = self._analyzer
         assert analyzer is not None
         texts = [text for job in jobs for text in job.payload]
-        encode = analyzer.embed_texts if kind is JobKind.EMBED_TEXT else analyzer.clip_texts
-        vectors = np.asarray(encode(texts))
-        if len(vectors) != len(texts):
-            raise RuntimeError(f"{kind} returned {len(vectors)} vectors for {len(texts)} texts")
+        outputs: Any
+        if kind is JobKind.SENTIMENT:
+            outputs = list(_score_sentiment(analyzer, texts))
+        else:
+            encode = analyzer.embed_texts if kind is JobKind.EMBED_TEXT else analyzer.clip_texts
+            outputs = np.asarray(encode(texts))
+        if len(outputs) != len(texts):
+            raise RuntimeError(f"{kind} returned {len(outputs)} results for {len(texts)} texts")
         results, offset = [], 0
         for job in jobs:
-            results.append(vectors[offset : offset + len(job.payload)].copy())
+            rows = outputs[offset : offset + len(job.payload)]
+            results.append(rows.copy() if isinstance(rows, np.ndarray) else rows)
             offset += len(job.payload)
         return results
+
+
+def _score_sentiment(analyzer: AnalyzerLike, texts: list[str]) -> Sequence[Sentiment]:
+    """``analyzer.score_sentiment`` (the Analyzer's), else its sentiment role directly."""
+    score = getattr(analyzer, "score_sentiment", None)
+    if score is None:
+        score = analyzer.sentiment.score  # type: ignore[attr-defined]
+    result: Sequence[Sentiment] = score(texts)
+    return result
 
 
 def _outcome(exc: BaseException) -> str:

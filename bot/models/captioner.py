@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -9,11 +11,21 @@ from typing import Protocol
 import torch
 from PIL import Image
 
+log = logging.getLogger(__name__)
+
 
 class Captioner(Protocol):
     model_id: str
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]: ...
+
+
+class SplitCaptioner(Captioner, Protocol):
+    """A captioner whose CPU preprocessing can run apart from (and ahead of) the model."""
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
+
+    def caption_pixels(self, pixel_values: torch.Tensor) -> list[str]: ...
 
 
 class BlipCaptioner:
@@ -29,7 +41,12 @@ class BlipCaptioner:
         max_new_tokens: int = 20,
         num_beams: int = 1,
         prompt: str = "",
+        cpu_int8: bool = False,
     ) -> None:
+        """``cpu_int8``: opt-in dynamic int8 quantisation of every Linear layer when running on the CPU
+        (weights stored as int8, activations quantised per batch). Measured in bench/results/roles_cpu.md:
+        the text decoder, which re-reads all its weights for every token, gets much faster; captions
+        may differ slightly from float32 ones, hence opt-in. Ignored on CUDA, where bf16 is the tool."""
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
         from bot.models.sdpa import enable_blip_sdpa
@@ -45,23 +62,53 @@ class BlipCaptioner:
         # transformers' BLIP only has eager attention; SDPA gives identical outputs, faster.
         enable_blip_sdpa(model)
         self.model = model.to(device).eval()
+        self.int8 = False
+        if cpu_int8:
+            self._quantize_int8()
 
-    @torch.inference_mode()
+    def _quantize_int8(self) -> None:
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            log.warning("captioner int8 quantisation needs a float32 model on the CPU; ignored on %s/%s",
+                        self.device, self.dtype)
+            return
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated in favour of torchao
+            warnings.simplefilter("ignore")
+            quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        self.int8 = True
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """CPU-side resize + normalise to BLIP's pixel values, float32 ``(n, 3, H, W)`` on the CPU.
+
+        Kept apart from :meth:`caption_pixels` so the inference queue can run it in its decode
+        threads, overlapping the previous batch's model compute instead of adding to it.
+        """
+        return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
         if not images:
             return []
-        kwargs = {"text": [self.prompt] * len(images)} if self.prompt else {}
-        inputs = self.processor(images=list(images), return_tensors="pt", **kwargs)
-        pixel_values = inputs["pixel_values"].to(self.device, self.dtype, non_blocking=True)
+        return self.caption_pixels(self.preprocess(images))
+
+    @torch.inference_mode()
+    def caption_pixels(self, pixel_values: torch.Tensor) -> list[str]:
+        """Greedy captions for a batch of :meth:`preprocess` output (on the CPU or already on the device)."""
+        count = int(pixel_values.shape[0])
+        if count == 0:
+            return []
         generate_kwargs = {
-            "pixel_values": pixel_values,
+            "pixel_values": pixel_values.to(self.device, non_blocking=True).to(self.dtype),
             "max_new_tokens": self.max_new_tokens,
             "num_beams": self.num_beams,
             "do_sample": False,  # same image, same caption
         }
         if self.prompt:
-            generate_kwargs["input_ids"] = inputs["input_ids"].to(self.device)
-            generate_kwargs["attention_mask"] = inputs["attention_mask"].to(self.device)
+            prompt = self.processor.tokenizer(
+                [self.prompt] * count, return_tensors="pt", return_token_type_ids=False
+            )
+            generate_kwargs["input_ids"] = prompt["input_ids"].to(self.device)
+            generate_kwargs["attention_mask"] = prompt["attention_mask"].to(self.device)
         output = self.model.generate(**generate_kwargs)
         captions = self.processor.batch_decode(output, skip_special_tokens=True)
         return [" ".join(text.split()) for text in captions]

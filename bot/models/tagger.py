@@ -77,7 +77,8 @@ class ClipTagger:
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
         pixels = images if isinstance(images, torch.Tensor) else self.preprocess_batch(images)
-        pixels = pixels.to(self.device, self.dtype, non_blocking=True)
+        # Copy first, convert on the device: keeps a pinned-memory source asynchronous on CUDA.
+        pixels = pixels.to(self.device, non_blocking=True).to(self.dtype)
         features = self.model.encode_image(pixels).float()
         return torch.nn.functional.normalize(features, dim=-1)
 

@@ -1,0 +1,503 @@
+"""The inference queue: batching, backpressure, timeouts, cancellation, OOM splits, crashes, metrics.
+
+Most tests drive a small fake analyzer (same methods as bot.pipeline.Analyzer) whose batches can be
+held on a gate, so every scenario is set up by events rather than by timing; the batching test
+and the text tests use the tiny random-weight models through the real Analyzer. No assertion
+depends on how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bot.config import ImageSettings, QueueSettings
+from bot.imaging import DecodedImage, ImageRejected, decode_image
+from bot.inference import (
+    InferenceError,
+    InferenceQueue,
+    JobTimeout,
+    OutOfMemory,
+    QueueBusy,
+    QueueClosed,
+    WorkerCrashed,
+)
+from bot.inference.batching import predict_splitting_on_oom
+from bot.pipeline import PreparedImage
+
+GATE_TIMEOUT_S = 10.0  # a safety net against hangs only; never reached when the tests pass
+
+
+def png(width: int, height: int = 7) -> bytes:
+    """A tiny PNG whose width identifies it: the fake analyzer answers with the width it saw."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (width % 256, 90, 160)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def noisy_jpeg(width: int, height: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def settings(**overrides: float) -> QueueSettings:
+    values = {"max_batch_size": 8, "max_wait_ms": 5.0, "max_queued": 64, "job_timeout_s": 30.0, "decode_workers": 2}
+    return QueueSettings(**{**values, **overrides})
+
+
+@dataclass(frozen=True)
+class Marker:
+    width: int
+    height: int
+
+
+class FakeAnalyzer:
+    """Records each batch (the widths it saw) and the thread it ran on; can hold batches on a gate
+    and fail chosen batches."""
+
+    def __init__(
+        self,
+        *,
+        gate: threading.Event | None = None,
+        fail: Callable[[list[int]], BaseException | None] | None = None,
+    ) -> None:
+        self.gate = gate
+        self.fail = fail
+        self.batches: list[list[int]] = []
+        self.text_batches: list[list[str]] = []
+        self.threads: set[int] = set()
+        self.entered = threading.Event()
+
+    def analyze(self, images: Sequence[DecodedImage]) -> list[Marker]:
+        widths = [image.original_size[0] for image in images]
+        self.batches.append(widths)
+        self.threads.add(threading.get_ident())
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(GATE_TIMEOUT_S)
+        if self.fail is not None and (error := self.fail(widths)) is not None:
+            raise error
+        return [Marker(*image.original_size) for image in images]
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self.text_batches.append(list(texts))
+        return np.array([[len(text), 1.0] for text in texts], dtype=np.float32)
+
+    def clip_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self.text_batches.append(list(texts))
+        return np.array([[len(text), 2.0] for text in texts], dtype=np.float32)
+
+    @property
+    def ran(self) -> list[int]:
+        return [width for batch in self.batches for width in batch]
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the loop until ``condition`` holds (event-driven set-up, bounded as a hang guard)."""
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def hold_worker(queue: InferenceQueue, fake: FakeAnalyzer, width: int = 1) -> asyncio.Task:
+    """Start a job and wait until the worker is inside the model with it (blocked on the gate)."""
+    task = asyncio.create_task(queue.analyze(png(width)))
+    assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+    return task
+
+
+def oom(message: str = "CUDA out of memory. Tried to allocate 2.00 GiB") -> BaseException:
+    return torch.cuda.OutOfMemoryError(message)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+async def test_concurrent_callers_form_batches_and_each_gets_its_own_result(analyzer):
+    """20 concurrent analyze calls, max_batch_size 8: batches of 2..8, every caller its own image."""
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner = inner
+            self.batch_sizes: list[int] = []
+
+        def prepare(self, decoded):
+            return self.inner.prepare(decoded)
+
+        def analyze(self, images):
+            self.batch_sizes.append(len(images))
+            return self.inner.analyze(images)
+
+        def embed_texts(self, texts):
+            return self.inner.embed_texts(texts)
+
+        def clip_texts(self, texts):
+            return self.inner.clip_texts(texts)
+
+        @property
+        def last_timings(self):
+            return self.inner.last_timings
+
+    spy = Spy(analyzer)
+    images = [noisy_jpeg(40 + i, 30 + (i % 3), seed=i) for i in range(20)]
+    # A batch closes as soon as it is full; only the last, partial one waits out max_wait.
+    async with InferenceQueue(spy, settings(max_batch_size=8, max_wait_ms=300)) as queue:
+        results = await asyncio.gather(*(queue.analyze(data, filename=f"{i}.jpg") for i, data in enumerate(images)))
+
+    assert sum(spy.batch_sizes) == 20
+    assert all(1 <= size <= 8 for size in spy.batch_sizes), spy.batch_sizes
+    assert max(spy.batch_sizes) > 1, spy.batch_sizes
+    # Each caller got its own image's record: its size, and what the models say about that image.
+    direct = analyzer.analyze([decode_image(data) for data in images])
+    for i, (result, expected) in enumerate(zip(results, direct, strict=True)):
+        assert (result.width, result.height) == (40 + i, 30 + (i % 3))
+        assert result.caption == expected.caption
+        assert {name: [s.label for s in scored] for name, scored in result.labels.items()} == {
+            name: [s.label for s in scored] for name, scored in expected.labels.items()
+        }
+    snapshot = queue.metrics.snapshot()
+    assert snapshot["jobs"]["ok"] == 20
+    assert snapshot["batch_size"]["image"]["count"] == len(spy.batch_sizes)
+    assert snapshot["images_total"] == 20
+    assert {"decode", "queue_wait", "predict_image", "caption", "clip", "text", "latency"} <= set(
+        snapshot["stage_seconds"]
+    )
+
+
+async def test_model_work_runs_on_the_worker_thread_never_the_loop():
+    fake = FakeAnalyzer()
+    async with InferenceQueue(fake, settings()) as queue:
+        await asyncio.gather(*(queue.analyze(png(10 + i)) for i in range(3)))
+    assert fake.threads and threading.get_ident() not in fake.threads
+
+
+async def test_prepared_and_plain_decoded_images_give_the_same_analysis(analyzer, photos):
+    decoded = [decode_image(photos[name]) for name in ("astronaut", "coffee")]
+    prepared = [analyzer.prepare(item) for item in decoded]
+    assert all(isinstance(item, PreparedImage) and item.caption_pixels is not None for item in prepared)
+    plain = analyzer.analyze(decoded)
+    mixed = analyzer.analyze([prepared[0], decoded[1]])
+    assert [a.caption for a in plain] == [a.caption for a in mixed]
+    assert [a.labels for a in plain] == [a.labels for a in mixed]
+    assert analyzer.last_timings.prepare >= 0
+
+
+async def test_text_jobs_are_batched_and_split_back_per_caller(analyzer):
+    queries = [["a dog on a beach"], ["red car", "a cup of coffee", "penguins"], ["rocket launch"]]
+    async with InferenceQueue(analyzer, settings(max_wait_ms=2000, max_batch_size=3)) as queue:
+        embedded = await asyncio.gather(*(queue.embed_texts(q) for q in queries))
+        clipped = await asyncio.gather(*(queue.clip_texts(q) for q in queries))
+        assert (await queue.embed_texts([])).shape[0] == 0
+        sentiments = await asyncio.gather(*(queue.score_sentiment(q) for q in queries))
+        assert await queue.score_sentiment([]) == []
+    for texts, vectors, clip_vectors in zip(queries, embedded, clipped, strict=True):
+        np.testing.assert_allclose(vectors, analyzer.embed_texts(texts), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(clip_vectors, analyzer.clip_texts(texts), rtol=1e-4, atol=1e-5)
+    for texts, scored in zip(queries, sentiments, strict=True):
+        assert [s.label for s in scored] == [s.label for s in analyzer.score_sentiment(texts)]
+    assert queue.metrics.snapshot()["batch_size"]["embed_text"]["max"] == 3
+
+
+def test_cpu_int8_captioner_still_captions(tiny_models_dir, photos):
+    """The opt-in CPU speed-up (dynamic int8 Linear layers) keeps the captioner working."""
+    from bot.models.captioner import BlipCaptioner
+    from bot.models.tiny import BLIP_DIR
+
+    captioner = BlipCaptioner(tiny_models_dir / BLIP_DIR, model_id="tiny", device=torch.device("cpu"),
+                              dtype=torch.float32, max_new_tokens=6, cpu_int8=True)
+    assert captioner.int8
+    assert "quantized" in type(captioner.model.text_decoder.cls.predictions.decoder).__module__
+    captions = captioner.caption([decode_image(photos[name]).image for name in ("chelsea", "rocket")])
+    assert len(captions) == 2 and all(isinstance(c, str) and c.strip() for c in captions)
+
+
+# ----------------------------------------------------------------------------- backpressure
+
+
+async def test_queue_busy_is_raised_at_once_when_full():
+    gate = threading.Event()
+    fake = FakeAnalyzer(gate=gate)
+    async with InferenceQueue(fake, settings(max_batch_size=1, max_wait_ms=0, max_queued=3)) as queue:
+        running = await hold_worker(queue, fake)
+        waiting = [asyncio.create_task(queue.analyze(png(10 + i))) for i in range(3)]
+        await wait_until(lambda: queue.metrics.snapshot()["waiting"] == 3, "3 waiting jobs")
+
+        with pytest.raises(QueueBusy) as busy:
+            await queue.analyze(png(99))
+        assert busy.value.user_message == "I'm busy right now, try again in a moment."
+        assert isinstance(busy.value, InferenceError)
+
+        gate.set()
+        results = await asyncio.gather(running, *waiting)
+    assert [r.width for r in results] == [1, 10, 11, 12]
+    assert 99 not in fake.ran
+    snapshot = queue.metrics.snapshot()
+    assert snapshot["busy"] == 1 and snapshot["jobs"]["ok"] == 4 and snapshot["waiting"] == 0
+
+
+# ----------------------------------------------------------------------------- timeout / cancel
+
+
+async def test_timeout_frees_the_slot_and_the_job_never_runs():
+    gate = threading.Event()
+    fake = FakeAnalyzer(gate=gate)
+    async with InferenceQueue(fake, settings(max_batch_size=1, max_wait_ms=0)) as queue:
+        running = await hold_worker(queue, fake)
+        with pytest.raises(JobTimeout) as timed_out:
+            await queue.analyze(png(50), timeout=0.05)
+        assert timed_out.value.user_message
+        assert queue.metrics.snapshot()["waiting"] == 0
+        gate.set()
+        await running
+        assert (await queue.analyze(png(51))).width == 51
+    assert fake.ran == [1, 51]
+    assert queue.metrics.snapshot()["timeouts"] == 1
+
+
+async def test_cancelled_caller_frees_its_slot_and_the_job_is_dropped():
+    gate = threading.Event()
+    fake = FakeAnalyzer(gate=gate)
+    async with InferenceQueue(fake, settings(max_batch_size=1, max_wait_ms=0, max_queued=1)) as queue:
+        running = await hold_worker(queue, fake)
+        doomed = asyncio.create_task(queue.analyze(png(60)))
+        await wait_until(lambda: queue.metrics.snapshot()["queued"] == 1, "the job to be queued")
+        with pytest.raises(QueueBusy):  # the one slot is taken...
+            await queue.analyze(png(61))
+
+        doomed.cancel()  # ...until the interaction goes away
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        assert queue.metrics.snapshot()["waiting"] == 0
+        follow_up = asyncio.create_task(queue.analyze(png(62)))  # the freed slot is usable at once
+        await wait_until(lambda: queue.metrics.snapshot()["queued"] == 1, "the follow-up to be queued")
+
+        gate.set()
+        assert (await running).width == 1
+        assert (await follow_up).width == 62
+    assert fake.ran == [1, 62]
+    jobs = queue.metrics.snapshot()["jobs"]
+    assert jobs["cancelled"] == 1 and jobs["busy"] == 1 and jobs["ok"] == 2
+
+
+# ----------------------------------------------------------------------------- OOM / crash
+
+
+async def test_out_of_memory_splits_the_batch_and_loses_no_job():
+    fake = FakeAnalyzer(fail=lambda widths: oom() if len(widths) > 2 else None)
+    widths = list(range(20, 28))
+    async with InferenceQueue(fake, settings(max_batch_size=8, max_wait_ms=5000)) as queue:
+        results = await asyncio.gather(*(queue.analyze(png(w)) for w in widths))
+    assert [r.width for r in results] == widths
+    assert sorted(len(batch) for batch in fake.batches) == [2, 2, 2, 2, 4, 4, 8]
+    assert sorted(w for batch in fake.batches if len(batch) == 2 for w in batch) == widths
+    snapshot = queue.metrics.snapshot()
+    assert snapshot["oom_splits"] == 3 and snapshot["jobs"]["ok"] == 8 and snapshot["errors"] == 0
+
+
+async def test_a_single_image_that_still_runs_out_of_memory_fails_clearly():
+    poison = 33
+    fake = FakeAnalyzer(fail=lambda widths: oom() if poison in widths else None)
+    async with InferenceQueue(fake, settings(max_batch_size=4, max_wait_ms=5000)) as queue:
+        outcomes = await asyncio.gather(*(queue.analyze(png(w)) for w in (31, 32, 33, 34)), return_exceptions=True)
+    assert [o.width for o in outcomes if isinstance(o, Marker)] == [31, 32, 34]
+    error = outcomes[2]
+    assert isinstance(error, OutOfMemory)
+    assert "memory" in error.user_message and "single job" in str(error)
+    assert queue.metrics.snapshot()["jobs"]["out_of_memory"] == 1
+
+
+def test_oom_split_helper_keeps_order_and_reraises_other_errors():
+    calls: list[list[int]] = []
+
+    def predict(items: list[int]) -> list[int]:
+        calls.append(items)
+        if len(items) > 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return [item * 10 for item in items]
+
+    assert predict_splitting_on_oom(predict, [1, 2, 3]) == [10, 20, 30]
+    assert calls[0] == [1, 2, 3]
+
+    def broken(items: list[int]) -> list[int]:
+        raise ValueError("a bug, not memory")
+
+    with pytest.raises(ValueError):
+        predict_splitting_on_oom(broken, [1, 2])
+
+
+async def test_worker_crash_fails_its_batch_and_a_new_worker_serves_the_rest():
+    gate = threading.Event()
+    crashed = threading.Event()
+
+    def crash_once(widths: list[int]) -> BaseException | None:
+        if crashed.is_set():
+            return None
+        crashed.set()
+        return RuntimeError("segfault-ish kernel failure")
+
+    fake = FakeAnalyzer(gate=gate, fail=crash_once)
+    async with InferenceQueue(fake, settings(max_batch_size=2, max_wait_ms=5000)) as queue:
+        in_batch = [asyncio.create_task(queue.analyze(png(w))) for w in (41, 42)]
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        behind = [asyncio.create_task(queue.analyze(png(w))) for w in (43, 44)]
+        await wait_until(lambda: queue.metrics.snapshot()["queued"] == 2, "jobs queued behind the batch")
+        gate.set()
+
+        for task in in_batch:
+            with pytest.raises(WorkerCrashed) as crash:
+                await task
+            assert "crashed" in str(crash.value) and "segfault-ish" in str(crash.value)
+            assert crash.value.user_message
+        assert [(await task).width for task in behind] == [43, 44]  # served by the restarted worker
+    snapshot = queue.metrics.snapshot()
+    assert snapshot["worker_restarts"] == 1
+    assert snapshot["jobs"]["worker_crashed"] == 2 and snapshot["jobs"]["ok"] == 2
+
+
+async def test_decode_error_fails_only_its_own_caller():
+    fake = FakeAnalyzer()
+    payloads = [png(71), b"%PDF-1.7\n%binary", png(73), b""]
+    async with InferenceQueue(fake, settings(max_wait_ms=200)) as queue:
+        outcomes = await asyncio.gather(*(queue.analyze(p, filename="x.pdf") for p in payloads), return_exceptions=True)
+    assert isinstance(outcomes[0], Marker) and outcomes[0].width == 71
+    assert isinstance(outcomes[2], Marker) and outcomes[2].width == 73
+    assert isinstance(outcomes[1], ImageRejected) and "PDF" in outcomes[1].user_message
+    assert isinstance(outcomes[3], ImageRejected)
+    assert sorted(fake.ran) == [71, 73]
+    assert queue.metrics.snapshot()["jobs"]["rejected"] == 2
+
+
+async def test_images_are_decoded_with_the_image_settings():
+    fake = FakeAnalyzer()
+    tiny_limit = ImageSettings(max_bytes=100)
+    async with InferenceQueue(fake, settings(), tiny_limit) as queue:
+        with pytest.raises(ImageRejected) as too_big:
+            await queue.analyze(noisy_jpeg(64, 64, seed=1))
+    assert too_big.value.code == "too_large"
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+async def test_close_without_drain_fails_waiting_jobs_but_finishes_the_running_batch():
+    gate = threading.Event()
+    fake = FakeAnalyzer(gate=gate)
+    queue = InferenceQueue(fake, settings(max_batch_size=1, max_wait_ms=0))
+    await queue.start()
+    running = await hold_worker(queue, fake)
+    waiting = asyncio.create_task(queue.analyze(png(80)))
+    await wait_until(lambda: queue.metrics.snapshot()["queued"] == 1, "a queued job")
+
+    closing = asyncio.create_task(queue.close(drain=False))
+    with pytest.raises(QueueClosed) as closed:
+        await waiting
+    assert closed.value.user_message
+    gate.set()
+    assert (await running).width == 1
+    await closing
+    with pytest.raises(QueueClosed):
+        await queue.analyze(png(81))
+    assert fake.ran == [1]
+
+
+async def test_close_drains_waiting_jobs_by_default():
+    gate = threading.Event()
+    fake = FakeAnalyzer(gate=gate)
+    queue = InferenceQueue(fake, settings(max_batch_size=1, max_wait_ms=0))
+    await queue.start()
+    running = await hold_worker(queue, fake)
+    waiting = [asyncio.create_task(queue.analyze(png(w))) for w in (90, 91)]
+    await wait_until(lambda: queue.metrics.snapshot()["queued"] == 2, "queued jobs")
+    closing = asyncio.create_task(queue.close())
+    gate.set()
+    await closing
+    assert [(await task).width for task in (running, *waiting)] == [1, 90, 91]
+    assert not queue.running
+
+
+async def test_not_started_queue_refuses_work():
+    queue = InferenceQueue(FakeAnalyzer(), settings())
+    with pytest.raises(QueueClosed):
+        await queue.analyze(png(5))
+    await queue.close()
+
+
+async def test_a_factory_loads_the_models_on_the_worker_thread():
+    loaded_on: list[int] = []
+
+    def factory() -> FakeAnalyzer:
+        loaded_on.append(threading.get_ident())
+        return FakeAnalyzer()
+
+    async with InferenceQueue(factory, settings()) as queue:
+        assert (await queue.analyze(png(12))).width == 12
+        assert isinstance(queue.analyzer, FakeAnalyzer)
+    assert loaded_on and loaded_on[0] != threading.get_ident()
+
+
+async def test_a_failing_factory_fails_start_with_its_error():
+    def factory() -> FakeAnalyzer:
+        raise FileNotFoundError("no weights here")
+
+    queue = InferenceQueue(factory, settings())
+    with pytest.raises(FileNotFoundError):
+        await queue.start()
+    with pytest.raises(QueueClosed):
+        await queue.analyze(png(5))
+    await queue.close()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+_SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"\n]*",?)*\})? -?[0-9.e+-]+|\+Inf|NaN$')
+
+
+async def test_metrics_snapshot_and_prometheus_text_are_well_formed():
+    fake = FakeAnalyzer()
+    async with InferenceQueue(fake, settings(max_wait_ms=50)) as queue:
+        await asyncio.gather(*(queue.analyze(png(100 + i)) for i in range(5)))
+        await queue.embed_texts(["hello", "world"])
+        with pytest.raises(ImageRejected):
+            await queue.analyze(b"GIF89a not really")
+        text = queue.metrics.prometheus_text()
+        snapshot = queue.metrics.snapshot()
+
+    assert snapshot["images_total"] == 5 and snapshot["images_per_s"] > 0
+    assert snapshot["jobs"]["ok"] == 6 and snapshot["jobs"]["rejected"] == 1
+    assert {"waiting", "queued", "decoding", "running", "max_queued"} <= set(snapshot)
+    assert text.endswith("\n")
+    families: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            families[name] = kind
+            continue
+        if line.startswith("# HELP "):
+            continue
+        assert _SAMPLE.match(line), line
+        name = re.split(r"[{ ]", line, maxsplit=1)[0]
+        base = re.sub(r"_(bucket|sum|count)$", "", name) if name not in families else name
+        assert base in families, f"sample {name} before its # TYPE line"
+    assert families["imagebot_inference_jobs_total"] == "counter"
+    assert families["imagebot_inference_batch_size"] == "histogram"
+    assert families["imagebot_inference_waiting"] == "gauge"
+    assert 'imagebot_inference_jobs_total{kind="image",outcome="ok"} 5' in text
+    buckets = [
+        int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith('imagebot_inference_batch_size_bucket{kind="image"')
+    ]
+    assert buckets == sorted(buckets) and buckets[-1] == snapshot["batch_size"]["image"]["count"]
+    assert 'le="+Inf"' in text
