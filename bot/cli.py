@@ -2,6 +2,7 @@
 
     run                      the Discord bot (DISCORD_TOKEN from the environment)
     console                  the same pipeline and chat in this terminal, no token needed
+    serve-ray [...]          deploy the model worker on a Ray cluster (scale-out, docs/scale-out-ray.md)
     healthcheck              exit 0 if a running bot's heartbeat file is fresh (container healthcheck)
     describe IMAGE...        one [Image Attached: ...] line per image (--json: full records)
     models check             which configured models are on this machine
@@ -181,6 +182,16 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_FAILED
 
 
+def cmd_serve_ray(args: argparse.Namespace) -> int:
+    try:
+        from bot.inference import ray_serve
+    except ImportError:
+        print("error: Ray is not installed; pip install -e '.[ray]' (see docs/scale-out-ray.md)", file=sys.stderr)
+        return EXIT_USAGE
+    forwarded = (["--config", args.config] if args.config else []) + list(args.ray_args)
+    return ray_serve.main(forwarded)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bot", description="imagebot: a Discord bot that understands pictures"
@@ -194,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         handler=cmd_console
     )
 
+    serve_ray = commands.add_parser(
+        "serve-ray", help="deploy the model worker as a Ray Serve app (docs/scale-out-ray.md)",
+        description="Options after serve-ray go to the deployer: --address, --autoscale MIN:MAX, --num-cpus, "
+                    "--http-host, --http-port, --no-http, --delete.",
+    )
+    serve_ray.add_argument("ray_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    serve_ray.set_defaults(handler=cmd_serve_ray)
     commands.add_parser("healthcheck", help="exit 0 if the running bot's heartbeat is fresh").set_defaults(
         handler=cmd_healthcheck
     )
