@@ -30,6 +30,8 @@ class ImageBot(commands.AutoShardedBot):
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         if settings.discord.shard_count:
             options.setdefault("shard_count", settings.discord.shard_count)
+        if settings.discord.shard_ids is not None:
+            options.setdefault("shard_ids", settings.discord.shard_ids)
         super().__init__(command_prefix=commands.when_mentioned, help_command=None, **options)
         self.settings = settings
         self.services = services

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 CONFIG_ENV = "IMAGEBOT_CONFIG"
 TOKEN_ENV = "DISCORD_TOKEN"
@@ -147,7 +147,11 @@ class MemorySettings(_Section):
 class DiscordSettings(_Section):
     # Read from $DISCORD_TOKEN only; putting a token in the file is refused.
     token: SecretStr | None = None
+    # Sharding: leave both unset to let Discord pick. Several processes: the same shard_count in each
+    # and disjoint shard_ids (process A [0, 1], process B [2, 3]), all sharing one Chroma server and
+    # one inference service (docs/architecture.md).
     shard_count: Annotated[int, Field(ge=1)] | None = None
+    shard_ids: list[Annotated[int, Field(ge=0)]] | None = None
     sync_commands: bool = True
     owner_ids: list[int] = Field(default_factory=list)
     # The running bot rewrites this file every `heartbeat_s`; `python -m bot healthcheck` reads it.
@@ -156,6 +160,16 @@ class DiscordSettings(_Section):
 
 
 class Settings(_Section):
+    @model_validator(mode="after")
+    def _shards_fit(self) -> Settings:
+        ids, count = self.discord.shard_ids, self.discord.shard_count
+        if ids is not None:
+            if count is None:
+                raise ValueError("discord.shard_ids needs discord.shard_count (the total across all processes)")
+            if not ids or len(set(ids)) != len(ids) or max(ids) >= count:
+                raise ValueError(f"discord.shard_ids must be distinct numbers from 0 to {count - 1}")
+        return self
+
     models: ModelSettings = ModelSettings()
     images: ImageSettings = ImageSettings()
     llm: LLMSettings = LLMSettings()

@@ -188,3 +188,16 @@ async def test_status_is_for_owners_and_exports_prometheus_text(imagebot, discor
     prometheus = message.files["metrics.prom"].decode()
     assert "# TYPE imagebot_inference_images_total counter" in prometheus
     assert "imagebot_inference_images_total 1" in prometheus
+
+
+@pytest.mark.imagebot_settings(discord={"shard_count": 2, "shard_ids": [0, 1]})
+async def test_sharded_bot_serves_guilds_on_every_shard(imagebot, discord_server, discord_world, photos):
+    await discord_server.wait_for_gateway(sessions=2)
+    assert imagebot.shard_count == 2 and sorted(imagebot.shards) == [0, 1]
+    other = discord_server.add_guild("Second")
+    discord_server.add_member(other, discord_world.alice)
+    lobby = discord_server.add_text_channel(other, "lobby")
+    for channel in (discord_world.general, lobby):
+        message = await discord_server.post_message(channel, discord_world.alice, "",
+                                                    attachments=[("cat.jpg", photos["chelsea"], "image/jpeg")])
+        await wait_reaction(discord_server, message, SEEN_REACTION)

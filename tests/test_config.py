@@ -95,3 +95,21 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     assert settings.resolve_model("Salesforce/blip-image-captioning-base") == "Salesforce/blip-image-captioning-base"
     # labels_dir falls back to the shipped label sets when the config's folder has none.
     assert (settings.labels_dir / "objects.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[discord]\nshard_ids = [0]\n", "needs discord.shard_count"),
+        ("[discord]\nshard_count = 2\nshard_ids = [0, 2]\n", "from 0 to 1"),
+        ("[discord]\nshard_count = 2\nshard_ids = [1, 1]\n", "distinct"),
+    ],
+)
+def test_shard_ranges_are_checked(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, text), environ={})
+
+
+def test_shard_range_for_one_of_several_processes(tmp_path):
+    settings = load_settings(write(tmp_path, "[discord]\nshard_count = 4\nshard_ids = [2, 3]\n"), environ={})
+    assert settings.discord.shard_ids == [2, 3]
