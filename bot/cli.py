@@ -8,6 +8,8 @@
     models check             which configured models are on this machine
     models download          fetch the missing ones (needs internet access)
     models tiny DIR          tiny random-weight stand-ins + a config using them (offline tests)
+    compare [--guild ID]     caption-only vs image-informed sentiment and topic: agreement report
+    topics --guild ID        discover topics by clustering the guild's captions (saved for /gallery)
 
 Known failures (bad config, missing model, unreadable image) print one clear line to stderr and
 exit non-zero; a traceback means a bug.
@@ -192,6 +194,53 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
     return ray_serve.main(forwarded)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bot.memory.store import ImageStore
+    from bot.overview.compare import compare_images, render_compare, report_dict
+
+    store = ImageStore.open(_settings(args))
+    guilds = [args.guild] if args.guild is not None else [g for g, _ in store.spaces() if g is not None]
+    images = [image for guild in guilds
+              for image in store.images(guild, visible_channel_ids=None, allow_nsfw=True, requester_id=0)]
+    report = compare_images(images, examples=args.examples)
+    if args.json:
+        print(json.dumps(report_dict(report), indent=2))
+    else:
+        scope = f"guild {args.guild}" if args.guild is not None else f"{len(guilds)} guild(s) (DMs left out)"
+        print(f"caption-only vs image-informed, {scope}")
+        print(render_compare(report), end="")
+    return EXIT_OK
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from bot.memory.store import ImageStore
+    from bot.overview.paths import topic_model_path
+    from bot.overview.service import topic_labels
+    from bot.overview.topics import cluster_captions, render_topic_model, save_topic_model
+
+    settings = _settings(args)
+    images, vectors = ImageStore.open(settings).caption_vectors(args.guild)
+    names: tuple[str, ...] = ()
+    label_vectors = None
+    labels = None if args.no_labels or not images else topic_labels(settings)
+    if labels is not None:  # name clusters by the nearest fixed topic too: the captions' own embedder
+        from bot.models.device import resolve_device
+        from bot.models.embedder import TextEmbedder
+        from bot.models.hub import resolve_hf
+
+        models = settings.models
+        model_id = settings.resolve_model(models.embedder.model)
+        path = resolve_hf("embedder", model_id, cache_dir=models.cache_dir, offline=models.offline)
+        embedder = TextEmbedder(path, model_id=models.embedder.model, device=resolve_device(models.device))
+        names, label_vectors = labels.labels, embedder.embed(labels.prompts)
+    model = cluster_captions(args.guild, images, vectors, label_names=names, label_vectors=label_vectors, k=args.k)
+    path = topic_model_path(settings, args.guild)
+    save_topic_model(model, path)
+    print(render_topic_model(model), end="")
+    print(f"saved to {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bot", description="imagebot: a Discord bot that understands pictures"
@@ -232,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = model_commands.add_parser("tiny", help="write tiny random-weight stand-in models + config")
     tiny.add_argument("directory", metavar="DIR")
     tiny.set_defaults(handler=cmd_models_tiny)
+
+    compare = commands.add_parser("compare", help="does looking at the image change the answer? (agreement report)")
+    compare.add_argument("--guild", type=int, help="one guild id (default: every guild)")
+    compare.add_argument("--examples", type=int, default=5, help="disagreements to show per question (default 5)")
+    compare.add_argument("--json", action="store_true", help="the report as JSON")
+    compare.set_defaults(handler=cmd_compare)
+
+    topics = commands.add_parser("topics", help="discover topics by clustering a guild's captions")
+    topics.add_argument("--guild", type=int, required=True, help="the guild id")
+    topics.add_argument("--k", type=int, help="number of topics (default: chosen by silhouette score)")
+    topics.add_argument("--no-labels", action="store_true",
+                        help="name topics by caption words only (skips loading the text embedder)")
+    topics.set_defaults(handler=cmd_topics)
 
     return parser
 

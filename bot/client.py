@@ -14,7 +14,7 @@ from bot.health import write_heartbeat
 from bot.services import Services
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ("cogs.images", "cogs.chat", "cogs.memory", "cogs.status", "cogs.vibe")
+EXTENSIONS = ("cogs.images", "cogs.chat", "cogs.memory", "cogs.status", "cogs.vibe", "cogs.overview")
 
 
 def default_intents() -> discord.Intents:

@@ -428,11 +428,37 @@ async def test_close_drains_waiting_jobs_by_default():
     assert not queue.running
 
 
+async def test_close_without_drain_fails_a_job_still_decoding():
+    """A job caught in the decode stage by a non-draining close gets QueueClosed, never a model run."""
+    decoding = threading.Event()
+    release = threading.Event()
+
+    class SlowPrepare(FakeAnalyzer):
+        def prepare(self, decoded: DecodedImage) -> DecodedImage:
+            decoding.set()
+            assert release.wait(GATE_TIMEOUT_S)
+            return decoded
+
+    fake = SlowPrepare()
+    queue = InferenceQueue(fake, settings())
+    await queue.start()
+    job = asyncio.create_task(queue.analyze(png(7)))
+    assert await asyncio.to_thread(decoding.wait, GATE_TIMEOUT_S)
+    closing = asyncio.create_task(queue.close(drain=False))
+    await wait_until(lambda: not queue.running, "the queue to stop accepting")
+    release.set()
+    with pytest.raises(QueueClosed):
+        await job
+    await closing
+    assert fake.batches == []
+
+
 async def test_not_started_queue_refuses_work():
     queue = InferenceQueue(FakeAnalyzer(), settings())
     with pytest.raises(QueueClosed):
         await queue.analyze(png(5))
     await queue.close()
+    await queue.close()  # idempotent
 
 
 async def test_a_factory_loads_the_models_on_the_worker_thread():
@@ -462,7 +488,9 @@ async def test_a_failing_factory_fails_start_with_its_error():
 
 # ----------------------------------------------------------------------------- metrics
 
-_SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"\n]*",?)*\})? -?[0-9.e+-]+|\+Inf|NaN$')
+_SAMPLE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"\n]*",?)*\})? (-?[0-9.e+-]+|[+-]Inf|NaN)$'
+)
 
 
 async def test_metrics_snapshot_and_prometheus_text_are_well_formed():

@@ -452,3 +452,15 @@ def test_http_backend_against_a_real_server(tmp_path, chroma_server):
     assert store.count(GUILD_A) == 1
     for collection in store._collections.values():
         assert collection._embedding_function is None
+
+
+def test_large_reads_are_paged(store):
+    """Chroma's embedded get() fails past ~30k records in one call, so every scan pages; shown with tiny pages."""
+    store._batch = 4
+    store.upsert_many([(ref(1 + i, when=T0 + timedelta(minutes=i)), analysis()) for i in range(11)])
+    newest = store.browse(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE, limit=100)
+    assert [image.attachment_id for image in newest] == list(range(11, 0, -1))
+    assert store.count(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False) == 11
+    assert store.has(GUILD_A, range(20)) == set(range(1, 12))
+    assert store.forget_user(GUILD_A, ALICE) == 11
+    assert store.count(GUILD_A) == 0

@@ -150,8 +150,10 @@ class InferenceQueue:
         ``queue.job_timeout_s``); whatever is left after that fails with :class:`QueueClosed`. A
         batch already in the model always finishes and its callers get their results.
         """
-        if self._state in ("closing", "closed"):
-            await asyncio.to_thread(self._stopped.wait, timeout)
+        if self._state == "closed":
+            return
+        if self._state == "closing":  # a second close() waits for the first one's drain
+            await asyncio.to_thread(self._stopped.wait, self.settings.job_timeout_s if timeout is None else timeout)
             return
         started = self._state != "new"
         self._state = "closing"
@@ -164,7 +166,9 @@ class InferenceQueue:
                 self._fail(self._board.close(drain=False), QueueClosed("the inference queue was closed"))
                 await asyncio.to_thread(self._stopped.wait, 1.0)
         if self._decode_pool is not None:
-            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            # Not cancel_futures: a cancelled decode would surface as a bare CancelledError in its
+            # caller; a finished one finds its job already failed with QueueClosed, which is the answer.
+            self._decode_pool.shutdown(wait=False)
         self._state = "closed"
 
     async def __aenter__(self) -> InferenceQueue:
@@ -387,8 +391,9 @@ class InferenceQueue:
         timings = getattr(analyzer, "last_timings", None)
         for role in _ROLES:
             seconds = getattr(timings, role, None)
-            if isinstance(seconds, (int, float)) and (seconds > 0 or role != "prepare"):
-                self.metrics.observe_stage(role, float(seconds))
+            if isinstance(seconds, (int, float)):
+                # "prepare" here is preprocessing the decode pool could not do ahead (models still loading).
+                self.metrics.observe_stage("prepare_in_worker" if role == "prepare" else role, float(seconds))
         return results
 
     def _predict_texts(self, kind: JobKind, jobs: list[Job]) -> list[np.ndarray]:

@@ -328,7 +328,7 @@ class ImageStore:
         ids: set[str] = set()
         for collection in self._pair(guild_id, user_id):
             if collection is not None:
-                ids.update(collection.get(where=where, include=[])["ids"])
+                ids.update(rid for rid, _, _ in self._scan(collection, where, with_vectors=False))
         return sorted(ids)
 
     def delete_attachments(
@@ -521,9 +521,7 @@ class ImageStore:
         if text is None or clip is None:
             return []
         where = _where(Filters(author_id, channel_id, sentiment, topic, since, until).clauses())
-        index = clip.get(where=where, include=["metadatas"])
-        rows = [(rid, meta) for rid, meta in zip(index["ids"], index["metadatas"] or [], strict=True)
-                if meta is not None and visibility.allows(meta)]
+        rows = [(rid, meta) for rid, meta, _ in self._scan(clip, where, with_vectors=False) if visibility.allows(meta)]
         rows.sort(key=lambda row: (int(row[1]["created_ts"]), int(row[0])), reverse=newest_first)
         page = [rid for rid, _ in rows[offset:offset + limit]]
         records = self._records(text, page)
@@ -553,8 +551,70 @@ class ImageStore:
         if unrestricted and not filters.clauses():
             return clip.count()
         visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, owner or 0)
-        index = clip.get(where=_where(filters.clauses()), include=["metadatas"])
-        return sum(1 for meta in index["metadatas"] or [] if meta is not None and visibility.allows(meta))
+        return sum(1 for _, meta, _ in self._scan(clip, _where(filters.clauses()), with_vectors=False)
+                   if visibility.allows(meta))
+
+    def images(
+        self,
+        guild_id: int | None,
+        *,
+        visible_channel_ids: Iterable[int] | None,
+        allow_nsfw: bool,
+        requester_id: int,
+        author_id: int | None = None,
+        channel_id: int | None = None,
+        sentiment: str | None = None,
+        topic: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[StoredImage]:
+        """Every record the requester may see that matches the filters, oldest first (/stats, /gallery).
+
+        Reads full records page by page from the text collection: O(matching records), meant for
+        on-demand overviews, never for the per-message paths."""
+        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, requester_id)
+        if visibility.nothing or not _channel_visible(channel_id, visibility):
+            return []
+        text, _ = self._pair(guild_id, requester_id if guild_id is None else None)
+        where = _where(Filters(author_id, channel_id, sentiment, topic, since, until).clauses())
+        rows = {rid: meta for rid, meta, _ in self._scan(text, where, with_vectors=False) if visibility.allows(meta)}
+        ordered = sorted(rows.items(), key=lambda row: (int(row[1]["created_ts"]), int(row[0])))
+        return [from_metadata(meta) for _, meta in ordered]
+
+    def caption_vectors(self, guild_id: int | None, *, user_id: int | None = None
+                        ) -> tuple[list[StoredImage], np.ndarray]:
+        """Every record of one space with its caption vector, oldest first (no visibility check: for
+        trusted server-wide jobs such as topic clustering, whose output is gated by its callers)."""
+        text, _ = self._pair(guild_id, user_id)
+        rows = sorted(self._scan(text, None, with_vectors=True),
+                      key=lambda row: (int(row[1]["created_ts"]), int(row[0])))
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        return ([from_metadata(meta) for _, meta, _ in rows],
+                np.asarray([vector for _, _, vector in rows], dtype=np.float32))
+
+    def _scan(self, text: Collection | None, where: dict[str, Any] | None, *, with_vectors: bool
+              ) -> Iterable[tuple[str, Mapping[str, Any], Any]]:
+        """(id, metadata, vector or None) of every record matching ``where``, a page at a time.
+
+        Paged because Chroma's embedded ``get`` binds one SQL variable per record returned and fails
+        ("too many SQL variables") somewhere past 30k records in one call."""
+        if text is None:
+            return
+        include: list[Any] = ["metadatas", "embeddings"] if with_vectors else ["metadatas"]
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            page = text.get(where=where, include=include, limit=self._batch, offset=offset)
+            metas = page["metadatas"] or []
+            vectors = page["embeddings"] if with_vectors else None
+            for index, (rid, meta) in enumerate(zip(page["ids"], metas, strict=True)):
+                if meta is not None and rid not in seen:  # a write between pages may shift a record
+                    seen.add(rid)
+                    yield rid, meta, None if vectors is None else vectors[index]
+            if len(page["ids"]) < self._batch:
+                return
+            offset += self._batch
 
     # ----- internals -----
 
@@ -700,6 +760,14 @@ class AsyncImageStore:
     async def count(self, guild_id: int | None, **kwargs: Any) -> int:
         """Keyword arguments as :meth:`ImageStore.count`."""
         return await asyncio.to_thread(lambda: self.store.count(guild_id, **kwargs))
+
+    async def images(self, guild_id: int | None, **kwargs: Any) -> list[StoredImage]:
+        """Keyword arguments as :meth:`ImageStore.images`."""
+        return await asyncio.to_thread(lambda: self.store.images(guild_id, **kwargs))
+
+    async def caption_vectors(self, guild_id: int | None, *, user_id: int | None = None
+                              ) -> tuple[list[StoredImage], np.ndarray]:
+        return await asyncio.to_thread(self.store.caption_vectors, guild_id, user_id=user_id)
 
     async def get(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
                   ) -> dict[int, StoredImage]:
