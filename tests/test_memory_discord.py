@@ -216,3 +216,14 @@ async def test_interrupted_ingest_is_resumed_on_start(discord_server, discord_wo
     async with running_bot(server, bot):
         await server.wait_until(lambda: bot.services.memory is not None and store_count(bot, world.guild.id) == 1
                                 and not bot.services.memory.ledger.pending(), timeout=20, what="resumed image stored")
+
+
+async def test_a_channel_made_nsfw_later_hides_its_older_pictures(imagebot, discord_server, discord_world, photos):
+    server, world = discord_server, discord_world
+    posted = await post_image(server, world.general, world.alice, "astronaut", photos["astronaut"])
+    lounge = server.add_text_channel(world.guild, "lounge")
+    before = await post_image(server, lounge, world.alice, "chelsea", photos["chelsea"])
+    assert url_of(before) in thumbnails(await run_find(server, world.general, world.bob, "picture"))
+    server.update_channel(lounge, nsfw=True)  # age-restricted after the picture was stored
+    await server.wait_until(lambda: imagebot.get_channel(lounge.id).is_nsfw(), what="the bot saw the change")
+    assert thumbnails(await run_find(server, world.general, world.bob, "picture")) == {url_of(posted)}

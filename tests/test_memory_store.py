@@ -464,3 +464,27 @@ def test_large_reads_are_paged(store):
     assert store.has(GUILD_A, range(20)) == set(range(1, 12))
     assert store.forget_user(GUILD_A, ALICE) == 11
     assert store.count(GUILD_A) == 0
+
+
+def test_browse_reads_back_in_time_slices(store):
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    ages = {1: timedelta(hours=2), 2: timedelta(days=3), 3: timedelta(days=40), 4: timedelta(days=400),
+            5: timedelta(days=1000), 6: timedelta(days=3, hours=1)}
+    store.upsert_many([(ref(i, when=now - age, channel=PRIVATE if i == 6 else PUBLIC), analysis())
+                       for i, age in ages.items()])
+    store.upsert(ref(7, when=now + timedelta(minutes=5)), analysis())  # a clock a little ahead
+
+    def page(**kwargs) -> list[int]:
+        return [image.attachment_id for image in store.browse(
+            GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE, now=now, **kwargs)]
+
+    assert page(limit=2) == [7, 1]
+    assert page() == [7, 1, 2, 3, 4, 5]
+    assert page(limit=2, offset=2) == [2, 3]
+    assert page(since=now - timedelta(days=100)) == [7, 1, 2, 3]
+    assert page(until=now - timedelta(days=1)) == [2, 3, 4, 5]
+    assert page(since=now - timedelta(days=500), until=now - timedelta(days=10)) == [3, 4]
+    assert page(newest_first=False, limit=3) == [5, 4, 3]
+    assert store.count(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False) == 6
+    assert store.count(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False, since=now - timedelta(days=5)) == 3
+    assert store.count(GUILD_A) == 7

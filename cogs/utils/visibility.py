@@ -32,8 +32,11 @@ def private_audience(user: discord.abc.User, where: discord.abc.Messageable | No
     """Results only ``user`` will see (an ephemeral reply): every channel they can read now."""
     if guild is None or not isinstance(user, discord.Member):
         return Audience(user.id, None, None, allow_nsfw=False)  # DMs: the user's own images only
-    visible = frozenset(c.id for c in _message_channels(guild) if _can_read(c, user))
-    return Audience(user.id, guild.id, visible, allow_nsfw=is_nsfw(where))
+    allow_nsfw = is_nsfw(where)
+    # A channel age-restricted *now* is left out too, whatever its images were flagged at ingest.
+    visible = frozenset(c.id for c in _message_channels(guild)
+                        if _can_read(c, user) and (allow_nsfw or not is_nsfw(c)))
+    return Audience(user.id, guild.id, visible, allow_nsfw=allow_nsfw)
 
 
 def public_audience(user: discord.abc.User, channel: discord.abc.Messageable, guild: discord.Guild | None) -> Audience:
