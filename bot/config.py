@@ -43,6 +43,9 @@ class CaptionerSettings(_Section):
     num_beams: Annotated[int, Field(ge=1, le=8)] = 1
     # Conditional prefix BLIP continues from; empty string means unconditional captioning.
     prompt: str = ""
+    # CPU only, opt-in: dynamic int8 Linear layers (about 2x faster captions on CPU, see
+    # bench/results/roles_cpu.md); outputs drift slightly from float32, so it is off by default.
+    cpu_int8: bool = False
 
 
 class TaggerSettings(_Section):

@@ -129,7 +129,7 @@ class Analyzer:
             max_new_tokens=models.captioner.max_new_tokens, num_beams=models.captioner.num_beams,
             prompt=models.captioner.prompt,
             # Opt-in, CPU only; read defensively until the config grows the key.
-            cpu_int8=bool(getattr(models.captioner, "cpu_int8", False)),
+            cpu_int8=models.captioner.cpu_int8,
         )
         tagger = ClipTagger(
             model=clip_model, weights=clip_path, label_sets=label_sets, device=device, dtype=dtype,
