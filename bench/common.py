@@ -114,7 +114,13 @@ def rss_breakdown() -> dict[str, float]:
     return values
 
 
-def header_lines(title: str, info: dict[str, Any], extra: list[str] | None = None) -> list[str]:
+def header_lines(
+    title: str,
+    info: dict[str, Any],
+    extra: list[str] | None = None,
+    *,
+    noise_note: str = "medians of repeated runs are reported, with the minimum where it helps",
+) -> list[str]:
     return [
         f"# {title}",
         "",
@@ -124,7 +130,7 @@ def header_lines(title: str, info: dict[str, Any], extra: list[str] | None = Non
         f"- torch {info['torch']} ({info['torch_threads']} intra-op threads, "
         f"`OMP_WAIT_POLICY={info['omp_wait_policy']}` unless a row says otherwise), Python {info['python']}",
         f"- load average at start: {info['loadavg']} (the machine is shared with other work: numbers are noisy; "
-        "medians of repeated runs are reported, with the minimum where it helps)",
+        f"{noise_note})",
         "- **All numbers are CPU numbers.** GPU (H100) numbers could not be measured in this session: no GPU was "
         "lent to it.",
         *(extra or []),

@@ -86,7 +86,7 @@ class InferenceQueue:
     ) -> None:
         self.settings = queue_settings or QueueSettings()
         self.image_settings = image_settings or ImageSettings()
-        if isinstance(analyzer, AnalyzerLike):
+        if isinstance(analyzer, AnalyzerLike) and not isinstance(analyzer, type):  # a class is a factory
             self._analyzer: AnalyzerLike | None = analyzer
             self._factory: Callable[[], AnalyzerLike] | None = None
         else:

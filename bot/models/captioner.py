@@ -71,11 +71,15 @@ class BlipCaptioner:
             log.warning("captioner int8 quantisation needs a float32 model on the CPU; ignored on %s/%s",
                         self.device, self.dtype)
             return
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+        # Per-channel weight scales: on the real MiniLM (same BERT layers as BLIP's decoder) they keep
+        # embeddings at cosine >= 0.97 of float32, where one scale per tensor dropped to 0.93.
         with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated in favour of torchao
             warnings.simplefilter("ignore")
-            quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            quantize_dynamic(
+                self.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+            )
         self.int8 = True
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
