@@ -8,6 +8,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/models \
+    OMP_WAIT_POLICY=PASSIVE \
     IMAGEBOT_CONFIG=/app/config.toml
 
 RUN useradd --create-home --uid 10001 imagebot
