@@ -18,6 +18,7 @@ from bot.analysis import ImageAnalysis
 from bot.config import Settings
 from bot.context_cache import AnalysisCache
 from bot.imaging import EmptyImage, ImageRejected, ImageTooLarge
+from bot.inference.errors import InferenceError, QueueBusy
 from bot.memory.records import ImageRef
 from bot.ratelimit import ImageRateLimiter
 
@@ -131,13 +132,10 @@ class ImageIngestor:
             if self.memory is not None and image.ref is not None:
                 await self.memory.abandon([image.ref])  # a bad file stays bad: never resumed
             return IngestOutcome(image, problem=exc.user_message, code="rejected")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            user_message = getattr(exc, "user_message", None)
-            if user_message:  # the inference queue's typed errors (busy, timeout, ...)
-                code = "busy" if type(exc).__name__ == "QueueBusy" else "failed"
-                return IngestOutcome(image, problem=user_message, code=code)
+        except InferenceError as exc:  # the queue's typed errors (busy, timeout, ...), from either backend
+            code = "busy" if isinstance(exc, QueueBusy) else "failed"
+            return IngestOutcome(image, problem=exc.user_message, code=code)
+        except Exception:
             log.exception("analysing %s failed", image.filename)
             return IngestOutcome(image, problem="Something went wrong while looking at this image.", code="failed")
         self.cache.put(image.key, analysis)

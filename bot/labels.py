@@ -15,6 +15,7 @@ Header lines ``# template:`` and ``# top_k:`` are optional.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,25 +42,45 @@ class LabelSet:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def parse_label_file(path: Path, default_top_k: int = 3) -> LabelSet:
-    template = DEFAULT_TEMPLATE
-    top_k = default_top_k
-    labels: list[str] = []
-    prompts: list[str] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+@dataclass(frozen=True)
+class LabelLine:
+    """One meaningful line of a label file: a ``# key: value`` header or a content line."""
+
+    number: int
+    text: str  # the stripped content line; "" for a header
+    key: str | None = None  # lower-cased header key ("template", "top_k", ...); None for content
+    value: str = ""  # the header's stripped value
+
+
+def label_file_lines(text: str) -> Iterator[LabelLine]:
+    """Headers and content lines of a label file (shared by the tagging sets and the /vibe profile);
+    blank lines are skipped, and a comment without a value yields an empty-valued header callers ignore."""
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
         if line.startswith("#"):
             key, _, value = line.lstrip("#").strip().partition(":")
-            key = key.strip().lower()
-            if key == "template" and value.strip():
-                template = value.strip()
+            yield LabelLine(number, "", key.strip().lower(), value.strip())
+        else:
+            yield LabelLine(number, line)
+
+
+def parse_label_file(path: Path, default_top_k: int = 3) -> LabelSet:
+    template = DEFAULT_TEMPLATE
+    top_k = default_top_k
+    labels: list[str] = []
+    prompts: list[str] = []
+    for entry in label_file_lines(path.read_text(encoding="utf-8")):
+        number, line = entry.number, entry.text
+        if entry.key is not None:
+            if entry.key == "template" and entry.value:
+                template = entry.value
                 if "{}" not in template:
                     raise LabelSetError(f"{path}:{number}: template must contain '{{}}'")
-            elif key == "top_k" and value.strip():
+            elif entry.key == "top_k" and entry.value:
                 try:
-                    top_k = int(value)
+                    top_k = int(entry.value)
                 except ValueError:
                     raise LabelSetError(f"{path}:{number}: top_k must be a whole number") from None
             continue

@@ -154,12 +154,8 @@ class Memory(commands.Cog):
         if not results:
             await interaction.followup.send(f"I couldn't find any pictures matching “{query}”.", ephemeral=True)
             return
-        embeds, view = paged(results, interaction.user.id)
         text = f"Pictures matching “{query}”:" if query else "The newest matching pictures:"
-        if view is None:
-            await interaction.followup.send(text, embeds=embeds, ephemeral=True)
-        else:
-            await interaction.followup.send(text, embeds=embeds, view=view, ephemeral=True)
+        await interaction.followup.send(text, **paged(results, interaction.user.id), ephemeral=True)
 
     # ----- Find similar -----
 
@@ -182,11 +178,7 @@ class Memory(commands.Cog):
         if not hits:
             await interaction.followup.send("I don't remember any similar pictures you can see.", ephemeral=True)
             return
-        embeds, view = paged(hits, interaction.user.id)
-        if view is None:
-            await interaction.followup.send("Pictures like this one:", embeds=embeds, ephemeral=True)
-        else:
-            await interaction.followup.send("Pictures like this one:", embeds=embeds, view=view, ephemeral=True)
+        await interaction.followup.send("Pictures like this one:", **paged(hits, interaction.user.id), ephemeral=True)
 
     # ----- /forget -----
 
@@ -216,12 +208,8 @@ class Memory(commands.Cog):
         if not results:
             await message.reply("I couldn't find a picture like that here.", mention_author=False)
             return
-        embeds, view = paged(results, message.author.id)
         text = f"Here's what I found for “{intent.query}”:" if intent.query else "Here's what I found:"
-        if view is None:
-            await message.reply(text, embeds=embeds, mention_author=False)
-        else:
-            await message.reply(text, embeds=embeds, view=view, mention_author=False)
+        await message.reply(text, **paged(results, message.author.id), mention_author=False)
 
     @staticmethod
     def _resolve_author(message: discord.Message, intent: SearchIntent) -> int | None:

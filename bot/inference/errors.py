@@ -8,7 +8,10 @@ and metrics; ``str(exc)`` carries the technical detail; ``user_message`` never d
 
 from __future__ import annotations
 
+import asyncio
 from typing import ClassVar
+
+from bot.imaging import ImageRejected
 
 __all__ = [
     "InferenceError",
@@ -65,3 +68,14 @@ class QueueClosed(InferenceError):
 
     code = "closed"
     default_message = "I'm restarting right now — please try again in a minute."
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The metrics outcome of a failed job (``busy``, ``timeout``, ``rejected``, ...), for either backend."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, ImageRejected):
+        return "rejected"
+    if isinstance(exc, InferenceError):
+        return exc.code if exc.code != InferenceError.code else "error"
+    return "error"

@@ -36,9 +36,9 @@ import numpy as np
 
 from bot.analysis import ImageAnalysis, Sentiment
 from bot.config import ImageSettings, QueueSettings, Settings
-from bot.imaging import DecodedImage, ImageRejected, decode_image
+from bot.imaging import DecodedImage, decode_image
 from bot.inference.batching import Job, JobBoard, JobKind, is_out_of_memory, predict_splitting_on_oom
-from bot.inference.errors import InferenceError, JobTimeout, QueueClosed, WorkerCrashed
+from bot.inference.errors import InferenceError, JobTimeout, QueueClosed, WorkerCrashed, outcome_of
 from bot.inference.metrics import QueueMetrics
 
 __all__ = ["AnalyzerLike", "InferenceQueue"]
@@ -256,7 +256,7 @@ class InferenceQueue:
             result = await self._await_job(job, limit, loop, payload, decode)
         except BaseException as exc:
             self._board.release(job)  # frees the slot; no-op if the job already runs or ran
-            self.metrics.job_finished(kind, _outcome(exc))
+            self.metrics.job_finished(kind, outcome_of(exc))
             raise
         self.metrics.job_finished(kind, "ok")
         self.metrics.observe_stage("latency", time.perf_counter() - started)
@@ -424,14 +424,3 @@ def _score_sentiment(analyzer: AnalyzerLike, texts: list[str]) -> Sequence[Senti
         score = analyzer.sentiment.score  # type: ignore[attr-defined]
     result: Sequence[Sentiment] = score(texts)
     return result
-
-
-def _outcome(exc: BaseException) -> str:
-    """The metrics outcome for a failed job."""
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    if isinstance(exc, ImageRejected):
-        return "rejected"
-    if isinstance(exc, InferenceError):
-        return exc.code if exc.code != InferenceError.code else "error"
-    return "error"

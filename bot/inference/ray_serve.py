@@ -59,6 +59,7 @@ from bot.inference.errors import (
     QueueBusy,
     QueueClosed,
     WorkerCrashed,
+    outcome_of,
 )
 from bot.inference.metrics import QueueMetrics
 
@@ -416,16 +417,6 @@ def _replica_failure(exc: BaseException) -> RayActorError | Exception | None:
     return None
 
 
-def _outcome_name(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    if isinstance(exc, ImageRejected):
-        return "rejected"
-    if isinstance(exc, InferenceError):
-        return exc.code if exc.code != InferenceError.code else "error"
-    return "error"
-
-
 class RayInferenceClient:
     """The bot's side of the Ray Serve backend: a drop-in for :class:`~bot.inference.InferenceQueue`.
 
@@ -607,7 +598,7 @@ class RayInferenceClient:
             if outcome.status == "error":
                 raise rebuild_error(outcome.error)
         except BaseException as exc:
-            self.metrics.job_finished(kind, _outcome_name(exc))
+            self.metrics.job_finished(kind, outcome_of(exc))
             raise
         finally:
             self._in_flight -= 1

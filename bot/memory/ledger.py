@@ -19,8 +19,6 @@ process crash (the case this is for); a power cut may lose the last few marks, l
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.memory.records import ImageRef
+from bot.sqlite_file import SqliteFile
 
 LEDGER_SUFFIX = "-ledger.sqlite3"
 
@@ -48,17 +47,11 @@ class PendingImage:
     first_marked: float  # epoch seconds
 
 
-class IngestLedger:
+class IngestLedger(SqliteFile):
     """Pending-image bookkeeping in one sqlite file; safe to call from several threads."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        super().__init__(path, _SCHEMA)
 
     @classmethod
     def open(cls, settings: Settings) -> IngestLedger:
@@ -70,17 +63,15 @@ class IngestLedger:
 
     def mark_pending_many(self, refs: Iterable[ImageRef]) -> None:
         rows = [(ref.attachment_id, json.dumps(ref.to_dict()), time.time()) for ref in refs]
-        with self._lock:
-            self._db.executemany(
-                "INSERT INTO pending (attachment_id, ref, first_marked) VALUES (?, ?, ?) "
-                "ON CONFLICT(attachment_id) DO UPDATE SET ref = excluded.ref, attempts = attempts + 1",
-                rows,
-            )
+        self.executemany(
+            "INSERT INTO pending (attachment_id, ref, first_marked) VALUES (?, ?, ?) "
+            "ON CONFLICT(attachment_id) DO UPDATE SET ref = excluded.ref, attempts = attempts + 1",
+            rows,
+        )
 
     def mark_done(self, *attachment_ids: int) -> None:
         """Finished (stored) or abandoned (message deleted, image refused): either way not to resume."""
-        with self._lock:
-            self._db.executemany("DELETE FROM pending WHERE attachment_id = ?", [(int(i),) for i in attachment_ids])
+        self.executemany("DELETE FROM pending WHERE attachment_id = ?", [(int(i),) for i in attachment_ids])
 
     def pending(self, *, max_attempts: int | None = None) -> list[PendingImage]:
         """What to resume, oldest first; ``max_attempts`` leaves out images that keep failing."""
@@ -89,19 +80,8 @@ class IngestLedger:
         if max_attempts is not None:
             query += " WHERE attempts <= ?"
             params = (max_attempts,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY first_marked, attachment_id", params).fetchall()
+        rows = self.execute(query + " ORDER BY first_marked, attachment_id", params)
         return [PendingImage(ImageRef.from_dict(json.loads(ref)), attempts, first) for ref, attempts, first in rows]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> IngestLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def ledger_path(settings: Settings) -> Path:

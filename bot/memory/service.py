@@ -99,17 +99,15 @@ class MemoryService:
 
     # ----- deletes -----
 
-    async def message_deleted(self, guild_id: int | None, message_id: int, author_id: int | None = None) -> int:
-        removed = await self.store.delete_message(guild_id, message_id, user_id=author_id if guild_id is None else None)
-        return removed
+    async def message_deleted(self, guild_id: int | None, message_id: int) -> int:
+        return await self.store.delete_message(guild_id, message_id)
 
     async def messages_deleted(self, guild_id: int | None, message_ids: Iterable[int]) -> int:
         return await self.store.delete_messages(guild_id, list(message_ids))
 
-    async def message_edited(self, guild_id: int | None, message_id: int, remaining_attachment_ids: Iterable[int],
-                             author_id: int | None = None) -> int:
-        return await self.store.sync_message(guild_id, message_id, list(remaining_attachment_ids),
-                                             user_id=author_id if guild_id is None else None)
+    async def message_edited(self, guild_id: int | None, message_id: int, remaining_attachment_ids: Iterable[int]
+                             ) -> int:
+        return await self.store.sync_message(guild_id, message_id, list(remaining_attachment_ids))
 
     async def forget(self, guild_id: int | None, user_id: int) -> int:
         return await self.store.forget_user(guild_id, user_id)

@@ -8,11 +8,11 @@ resumable backfill needs). A tiny stdlib file beside the Chroma data, like the i
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bot.sqlite_file import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursors (
@@ -41,51 +41,31 @@ class ChannelCursor:
     updated: float  # epoch seconds
 
 
-class BackfillCursors:
+class BackfillCursors(SqliteFile):
     """The cursor file; safe to call from several threads (the cog runs it in worker threads)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        super().__init__(path, _SCHEMA)
 
     def get(self, guild_id: int, channel_id: int) -> ChannelCursor | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT guild_id, channel_id, after_id, scanned, indexed, skipped, failed, updated FROM cursors "
-                "WHERE guild_id = ? AND channel_id = ?", (int(guild_id), int(channel_id)),
-            ).fetchone()
-        return None if row is None else ChannelCursor(*row)
+        rows = self.execute(
+            "SELECT guild_id, channel_id, after_id, scanned, indexed, skipped, failed, updated FROM cursors "
+            "WHERE guild_id = ? AND channel_id = ?", (int(guild_id), int(channel_id)),
+        )
+        return ChannelCursor(*rows[0]) if rows else None
 
     def advance(self, guild_id: int, channel_id: int, after_id: int, *, scanned: int = 0, indexed: int = 0,
                 skipped: int = 0, failed: int = 0) -> None:
         """Move the cursor to ``after_id`` (never backwards) and add to the totals."""
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO cursors (guild_id, channel_id, after_id, scanned, indexed, skipped, failed, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id, channel_id) DO UPDATE SET "
-                "after_id = MAX(after_id, excluded.after_id), scanned = scanned + excluded.scanned, "
-                "indexed = indexed + excluded.indexed, skipped = skipped + excluded.skipped, "
-                "failed = failed + excluded.failed, updated = excluded.updated",
-                (int(guild_id), int(channel_id), int(after_id), scanned, indexed, skipped, failed, time.time()),
-            )
+        self.execute(
+            "INSERT INTO cursors (guild_id, channel_id, after_id, scanned, indexed, skipped, failed, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id, channel_id) DO UPDATE SET "
+            "after_id = MAX(after_id, excluded.after_id), scanned = scanned + excluded.scanned, "
+            "indexed = indexed + excluded.indexed, skipped = skipped + excluded.skipped, "
+            "failed = failed + excluded.failed, updated = excluded.updated",
+            (int(guild_id), int(channel_id), int(after_id), scanned, indexed, skipped, failed, time.time()),
+        )
 
     def reset(self, guild_id: int, channel_id: int) -> None:
         """Forget a channel's cursor: the next run starts at the channel's first message again."""
-        with self._lock:
-            self._db.execute("DELETE FROM cursors WHERE guild_id = ? AND channel_id = ?",
-                             (int(guild_id), int(channel_id)))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> BackfillCursors:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.execute("DELETE FROM cursors WHERE guild_id = ? AND channel_id = ?", (int(guild_id), int(channel_id)))

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Final
 
 from bot.config import REPO_ROOT
-from bot.labels import DEFAULT_TEMPLATE, LabelSetError
+from bot.labels import DEFAULT_TEMPLATE, LabelSetError, label_file_lines
 
 #: The parts of a vibe score, in the order they are shown. ``look`` is CLIP against the prompts of
 #: this file, ``story`` is caption → LLM story → sentiment; the rest come from the pixels.
@@ -113,20 +113,15 @@ def parse_profile_text(text: str, source: str = "<vibe profile>") -> VibeProfile
     template = DEFAULT_TEMPLATE
     part_weights = DEFAULT_PART_WEIGHTS
     prompts: list[VibePrompt] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        where = f"{source}:{number}"
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            key, _, value = line.lstrip("#").strip().partition(":")
-            key = key.strip().lower()
-            if key == "template" and value.strip():
-                template = value.strip()
+    for entry in label_file_lines(text):
+        where, line = f"{source}:{entry.number}", entry.text
+        if entry.key is not None:
+            if entry.key == "template" and entry.value:
+                template = entry.value
                 if "{}" not in template:
                     raise VibeProfileError(f"{where}: template must contain '{{}}'")
-            elif key == "weights" and value.strip():
-                part_weights = parse_part_weights(value, where)
+            elif entry.key == "weights" and entry.value:
+                part_weights = parse_part_weights(entry.value, where)
             continue
         columns = [column.strip() for column in line.split("|")]
         if len(columns) > 3:

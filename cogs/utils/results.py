@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import discord
 
@@ -89,10 +90,11 @@ class ResultPages(discord.ui.View):
         await self._turn(interaction, 1)
 
 
-def paged(results: Sequence[SearchHit | StoredImage], owner_id: int) -> tuple[list[discord.Embed], ResultPages | None]:
-    """First page of embeds and a pager (None when everything fits on one page)."""
+def paged(results: Sequence[SearchHit | StoredImage], owner_id: int) -> dict[str, Any]:
+    """Keyword arguments for ``send``/``reply``: the first page of embeds, plus a pager when there is
+    more than one page (discord.py takes no ``view=None``, so the key is left out then)."""
     embeds = result_embeds(results)
     if len(embeds) <= PAGE_SIZE:
-        return embeds, None
+        return {"embeds": embeds}
     view = ResultPages(embeds, owner_id)
-    return view.current(), view
+    return {"embeds": view.current(), "view": view}
