@@ -334,11 +334,16 @@ def force_caption_length(captioner: Any, tokens: int = CAPTION_TOKENS) -> None:
     captioner.model.generation_config.min_new_tokens = tokens
 
 
-def reload_eager_blip(captioner: Any, path: Path) -> None:
-    """The same checkpoint without the SDPA patch (transformers' eager attention: the old anchor)."""
+def reload_eager_blip(captioner: Any, path: Path, *, vision_sdpa: bool = False) -> None:
+    """The same checkpoint without the SDPA patch (transformers' eager attention: the old anchor), or
+    with it in the vision tower only (``vision_sdpa``: the set-up before the text decoder was patched)."""
     from transformers import BlipForConditionalGeneration
 
+    from bot.models.sdpa import enable_blip_sdpa
+
     model = BlipForConditionalGeneration.from_pretrained(str(path), dtype=captioner.dtype)
+    if vision_sdpa:
+        enable_blip_sdpa(model, text=False)
     captioner.model = model.to(captioner.device).eval()
 
 

@@ -36,6 +36,24 @@ def test_captioner_batch_in_batch_out(tiny_models_dir, images):
     assert captioner.caption(images[:1]) == captions[:1]
 
 
+def _peaky_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """Scale up query/key/value weights: random std-0.02 weights give near-uniform attention, which would
+    hide a wrong scale or mask; sharp attention makes any such error change the outputs."""
+    from transformers.models.blip.modeling_blip import BlipAttention
+    from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BlipTextSelfAttention):
+                module.query.weight.mul_(30)
+                module.key.weight.mul_(30)
+                module.value.weight.mul_(10)
+            elif isinstance(module, BlipAttention):
+                module.qkv.weight[: 2 * module.embed_dim].mul_(30)
+                module.qkv.weight[2 * module.embed_dim :].mul_(10)
+    return model
+
+
 def test_blip_sdpa_matches_eager_attention(tiny_models_dir, images):
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -43,13 +61,41 @@ def test_blip_sdpa_matches_eager_attention(tiny_models_dir, images):
 
     path = str(tiny_models_dir / BLIP_DIR)
     pixels = BlipProcessor.from_pretrained(path)(images=images, return_tensors="pt")["pixel_values"]
-    eager = BlipForConditionalGeneration.from_pretrained(path).eval()
-    fast = BlipForConditionalGeneration.from_pretrained(path).eval()
-    assert enable_blip_sdpa(fast) == 2  # one per vision layer
+    eager, fast = (_peaky_attention(BlipForConditionalGeneration.from_pretrained(path).eval()) for _ in range(2))
+    assert enable_blip_sdpa(fast, text=False) == 2  # one per vision layer
     with torch.no_grad():
         expected = eager.vision_model(pixel_values=pixels)[0]
         got = fast.vision_model(pixel_values=pixels)[0]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("prompt", ["", "a picture of"])
+def test_blip_text_decoder_sdpa_generates_what_eager_does(tiny_models_dir, images, prompt):
+    """Every decoding step's logits and every token match eager attention, with the caches in use."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    from bot.models.sdpa import enable_blip_sdpa
+
+    path = str(tiny_models_dir / BLIP_DIR)
+    processor = BlipProcessor.from_pretrained(path)
+    inputs = dict(processor(images=images, return_tensors="pt"))
+    if prompt:
+        inputs.update(processor.tokenizer([prompt] * len(images), return_tensors="pt", return_token_type_ids=False))
+    eager, fast = (_peaky_attention(BlipForConditionalGeneration.from_pretrained(path).eval()) for _ in range(2))
+    # 2 vision layers + 2 text layers x (self-attention + cross-attention)
+    assert enable_blip_sdpa(fast) == 6
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "output_scores": True,
+              "return_dict_in_generate": True}
+    with torch.no_grad():
+        expected = eager.generate(**inputs, **kwargs)
+        got = fast.generate(**inputs, **kwargs)
+    assert got.sequences.tolist() == expected.sequences.tolist()
+    assert len(got.scores) == len(expected.scores) == 8
+    for step_got, step_expected in zip(got.scores, expected.scores, strict=True):
+        finite = torch.isfinite(step_expected)
+        torch.testing.assert_close(step_got[finite], step_expected[finite], rtol=1e-4, atol=1e-4)
+    # The eager model really did something different per step (a constant output would pass trivially).
+    assert not torch.equal(expected.scores[0], expected.scores[-1])
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,9 @@ def write_tiny_blip(folder: Path) -> None:
         vision_config={
             "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 4, "image_size": 64, "patch_size": 16,
+            # BlipVisionConfig defaults to initializer_range=1e-10 (trained weights replace it), which
+            # leaves random image features at ~1e-9: every picture would get the same caption.
+            "initializer_range": 0.02,
         },
         text_config={
             "vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
