@@ -296,8 +296,8 @@ def _write_real_size_models(directory: Path) -> None:
     (directory / _DONE).write_text(json.dumps({"version": 2}))
 
 
-def load_real_size_analyzer(directory: Path, *, dtype: Any = None, sdpa: bool = True) -> Any:
-    """The bot's Analyzer on the real-size stand-ins (CPU), captions forced to 20 tokens."""
+def load_real_size_analyzer(directory: Path, *, dtype: Any = None, sdpa: bool = True, device: Any = None) -> Any:
+    """The bot's Analyzer on the real-size stand-ins (CPU unless ``device``), captions forced to 20 tokens."""
     import torch
 
     from bot.config import Settings
@@ -309,22 +309,23 @@ def load_real_size_analyzer(directory: Path, *, dtype: Any = None, sdpa: bool = 
     from bot.models.tagger import ClipTagger
     from bot.pipeline import Analyzer
 
-    cpu = torch.device("cpu")
+    device = device or torch.device("cpu")
     dtype = dtype or torch.float32
     settings = Settings()
     captioner = BlipCaptioner(
-        directory / REAL_BLIP, model_id="real-size-random-blip", device=cpu, dtype=dtype, max_new_tokens=CAPTION_TOKENS
+        directory / REAL_BLIP, model_id="real-size-random-blip", device=device, dtype=dtype,
+        max_new_tokens=CAPTION_TOKENS,
     )
     if not sdpa:
         reload_eager_blip(captioner, directory / REAL_BLIP)
     force_caption_length(captioner)
     tagger = ClipTagger(
         model="ViT-B-32", weights=directory / REAL_CLIP, model_id="real-size-random-clip",
-        label_sets=load_label_sets(settings.labels_dir, settings.models.tagger.top_k), device=cpu, dtype=dtype,
+        label_sets=load_label_sets(settings.labels_dir, settings.models.tagger.top_k), device=device, dtype=dtype,
     )
     embedder_path = resolve_hf("embedder", settings.models.embedder.model, offline=True)
-    embedder = TextEmbedder(embedder_path, model_id=settings.models.embedder.model, device=cpu)
-    sentiment = TransformersSentiment(directory / REAL_SENTIMENT, model_id="real-size-random-roberta", device=cpu)
+    embedder = TextEmbedder(embedder_path, model_id=settings.models.embedder.model, device=device)
+    sentiment = TransformersSentiment(directory / REAL_SENTIMENT, model_id="real-size-random-roberta", device=device)
     return Analyzer(captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment)
 
 
