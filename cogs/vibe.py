@@ -18,6 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.analysis import ImageAnalysis
 from bot.chat.llm import ChatLLM
 from bot.client import ImageBot
 from bot.imaging import ImageRejected, ImageTooLarge, UnsupportedImageType
@@ -55,6 +56,7 @@ class Photo:
     size: int | None
     content_type: str | None
     read: Callable[[], Awaitable[bytes]]
+    known: ImageAnalysis | None = None  # the listener's analysis of this very attachment, if cached
 
 
 class Vibe(commands.Cog):
@@ -102,7 +104,9 @@ class Vibe(commands.Cog):
             await interaction.response.send_message(NO_IMAGE, ephemeral=True)
             return
         first = images[0]
-        await self._judge(interaction, [Photo(first.filename, first.size, None, first.read)], public=False)
+        # The image listener has usually analysed this message already: reuse it, not the GPU.
+        known = self.bot.services.ingestor.known(first)
+        await self._judge(interaction, [Photo(first.filename, first.size, None, first.read, known)], public=False)
 
     async def _judge(self, interaction: discord.Interaction, photos: list[Photo], *, public: bool) -> None:
         try:
@@ -153,7 +157,7 @@ class Vibe(commands.Cog):
             log.info("/vibe could not download an attachment: %s", exc)
             raise VibeProblem(DOWNLOAD_FAILED) from exc
         if len(photos) == 1:
-            result = await self.scorer.score(data[0], filename=photos[0].filename)
+            result = await self.scorer.score(data[0], filename=photos[0].filename, analysis=photos[0].known)
             return render_result(result), []
         comparison = await self.scorer.compare(data[0], data[1], filenames=(photos[0].filename, photos[1].filename))
         chart = await asyncio.to_thread(comparison_chart, comparison)

@@ -191,3 +191,25 @@ def test_pipeline_full_record(analyzer, photos):
     assert (record.width, record.height) == (512, 512)
     assert analyzer.clip_texts(["a dog"]).shape == (1, 32)
     assert analyzer.analyze([]) == []
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_pipeline_gives_finite_records(tiny_settings, photos, dtype):
+    """The dtypes the bot picks on CUDA (bf16, or fp16 on older GPUs), run here on the CPU: the same
+    casts, pixel batches and tensor → numpy conversions the GPU path takes, minus the device."""
+    from bot.pipeline import Analyzer
+
+    models = tiny_settings.models.model_copy(update={"device": "cpu", "dtype": dtype})
+    half = Analyzer.from_settings(tiny_settings.model_copy(update={"models": models}))
+    assert half.captioner.model.dtype == getattr(torch, dtype)
+    decoded = [decode_image(photos[name]) for name in ("astronaut", "rocket")]
+    records = half.analyze([half.prepare(item) for item in decoded])
+    assert len(records) == 2 and all(record.caption for record in records)
+    for record in records:
+        for vector, size in ((record.image_embedding, 32), (record.caption_embedding, 384)):
+            array = np.asarray(vector)
+            assert array.shape == (size,) and np.isfinite(array).all()
+            assert abs(float(np.linalg.norm(array)) - 1.0) < 1e-2  # normalised, despite half-precision math
+        assert all(0.0 <= scored.score <= 1.0 for tags in record.labels.values() for scored in tags)
+    texts = half.clip_texts(["a dog", "a rocket"])
+    assert texts.dtype == np.float32 and texts.shape == (2, 32) and np.isfinite(texts).all()

@@ -164,6 +164,35 @@ async def test_vibe_check_context_menu_scores_the_first_image(
     assert ix.original is not None and ix.original.ephemeral and ix.original.content == NO_IMAGE
 
 
+def _images_analysed(bot) -> int:
+    return bot.services.queue.metrics.snapshot()["jobs_by_kind"].get("image", {}).get("ok", 0)
+
+
+async def test_vibe_check_reuses_the_listeners_analysis(
+    vibe_bot, discord_server: FakeDiscordServer, discord_world: DiscordWorld, storyteller: FakeOllamaServer, photos
+) -> None:
+    """Right-clicking an image the bot already looked at costs no second trip through the models."""
+    w = discord_world
+    target = await discord_server.post_message(
+        w.general, w.bob, "", attachments=[("me.jpg", photos["astronaut"], "image/jpeg")]
+    )
+    await discord_server.wait_until(lambda: discord_server.reactions, what="the image listener's 👀")
+    analysed = _images_analysed(vibe_bot)
+    assert analysed >= 1
+
+    ix = await discord_server.invoke_message_command(w.general, w.alice, "Vibe check", target)
+    reply = await _answer(discord_server, ix)
+    assert SCORE.search(reply.content)
+    assert _images_analysed(vibe_bot) == analysed  # the cached analysis was used
+
+    # The same photo through /vibe is a new upload: analysed afresh, and judged the same.
+    direct = await discord_server.invoke_slash_command(
+        w.general, w.alice, "vibe", attachments={"image": ("me.jpg", photos["astronaut"], "image/jpeg")}
+    )
+    assert (await _answer(discord_server, direct)).content == reply.content
+    assert _images_analysed(vibe_bot) == analysed + 1
+
+
 @pytest.mark.imagebot_settings(llm={"base_url": _closed_port_url(), "timeout_s": 3.0})
 async def test_vibe_with_the_llm_down_skips_the_story(
     vibe_bot, discord_server: FakeDiscordServer, discord_world: DiscordWorld, photos

@@ -238,15 +238,22 @@ class VibeScorer:
                 self._vectors_for = self.profile.fingerprint
             return self._vectors
 
-    async def score(self, data: bytes, *, filename: str | None = None) -> VibeResult:
+    async def score(
+        self, data: bytes, *, filename: str | None = None, analysis: ImageAnalysis | None = None
+    ) -> VibeResult:
         """Raises :class:`bot.imaging.ImageRejected` for a bad file (before any model runs), and
-        whatever the analyze/sentiment callables raise (the queue's typed errors)."""
+        whatever the analyze/sentiment callables raise (the queue's typed errors).
+
+        ``analysis``: this very image's analysis when the bot already has it (the image listener
+        analysed the message being right-clicked); the models then do not run on it a second time.
+        The bytes are still needed for the pixel measurements (sharpness, exposure, faces).
+        """
         decoded = await asyncio.to_thread(
             decode_image, data, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
             target_size=QUALITY_SIZE, filename=filename,
         )
         analysis, vectors, quality = await asyncio.gather(
-            self.analyze(data, filename=filename),
+            self._analysis(data, filename, analysis),
             self.prompt_vectors(),
             asyncio.to_thread(measure_quality, decoded.image, decoded.original_size),
         )
@@ -270,6 +277,9 @@ class VibeScorer:
             score=combine(parts), parts=parts, caption=analysis.caption, story=story, look=look,
             quality=quality, filename=filename,
         )
+
+    async def _analysis(self, data: bytes, filename: str | None, known: ImageAnalysis | None) -> ImageAnalysis:
+        return known if known is not None else await self.analyze(data, filename=filename)
 
     async def compare(
         self, first: bytes, second: bytes, *, filenames: tuple[str | None, str | None] = (None, None)
