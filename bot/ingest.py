@@ -34,9 +34,11 @@ class RemembersImages(Protocol):
 
     async def begin(self, refs: Sequence[ImageRef]) -> None: ...
 
-    async def remember(self, ref: ImageRef, analysis: ImageAnalysis) -> None: ...
+    async def remember(self, ref: ImageRef, analysis: ImageAnalysis) -> bool: ...
 
     async def abandon(self, refs: Sequence[ImageRef]) -> None: ...
+
+    def settle(self, refs: Sequence[ImageRef]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,11 @@ class ImageIngestor:
         refs = [images[index].ref for index in todo if images[index].ref is not None]
         if self.memory is not None and refs:
             await self.memory.begin(refs)  # from here a crash leaves them in the ledger, resumed on start
-        results = await asyncio.gather(*(self._one(images[index]) for index in todo))
+        try:
+            results = await asyncio.gather(*(self._one(images[index]) for index in todo))
+        finally:
+            if self.memory is not None and refs:
+                self.memory.settle(refs)
         for index, outcome in zip(todo, results, strict=True):
             outcomes[index] = outcome
         return [outcome for outcome in outcomes if outcome is not None]

@@ -3,6 +3,7 @@ edit sync, replay idempotency, crash resume, and the privacy boundary (guild, ch
 
 from __future__ import annotations
 
+import asyncio
 import io
 from datetime import UTC, datetime
 
@@ -173,6 +174,45 @@ async def test_forget_asks_first_and_reports_the_count(imagebot, discord_server,
     await server.click_button(prompt, "forget:no", world.bob)
     await server.wait_until(lambda: "Nothing was forgotten" in prompt.content, what="cancel")
     assert store_count(imagebot, world.guild.id) == 1
+
+
+async def test_taken_back_while_being_analysed_is_never_stored(imagebot, discord_server, discord_world, photos):
+    """Delete, edit away or /forget an image while the bot is still downloading/analysing it: the
+    delete finds nothing in the store yet, so the bot must drop the image when its analysis lands."""
+    server, world = discord_server, discord_world
+    guild, memory = world.guild.id, imagebot.services.memory
+    kept = await post_image(server, world.general, world.alice, "kept", photos["rocket"])
+    assert store_count(imagebot, guild) == 1
+
+    server.cdn_hold = asyncio.Event()  # every download waits from here on
+    deleted = await server.post_message(world.general, world.alice, "", attachments=[
+        ("a.jpg", photos["astronaut"], "image/jpeg")])
+    edited = await server.post_message(world.general, world.alice, "", attachments=[
+        ("b.jpg", photos["chelsea"], "image/jpeg"), ("c.jpg", photos["coffee"], "image/jpeg")])
+    forgotten = await server.post_message(world.general, world.bob, "", attachments=[
+        ("d.jpg", photos["astronaut"], "image/jpeg")])
+    await server.wait_until(lambda: server.cdn_waiting == 4, what="four downloads under way")
+    b_jpg, c_jpg = (attachment.id for attachment in edited.attachments)
+    taken_back = {deleted.attachments[0].id, b_jpg, forgotten.attachments[0].id}
+
+    await server.delete_message(deleted)
+    await server.edit_message(edited, attachments=[edited.attachments[1]])  # b.jpg removed
+    ix = await server.invoke_slash_command(world.general, world.bob, "forget")
+    prompt = await server.wait_for_message(predicate=lambda m: m.interaction is ix, timeout=10)
+    await server.click_button(prompt, "forget:yes", world.bob)
+    await server.wait_until(lambda: "forgot 0 picture(s)" in prompt.content, what="forget result")
+    await server.wait_until(lambda: memory.retracted >= taken_back, what="delete, edit and /forget handled")
+
+    server.cdn_hold.set()
+    await server.wait_until(lambda: analysed(imagebot) >= 5, timeout=30, what="all four analysed")
+    await server.wait_until(lambda: not memory.retracted, what="ingest settled")
+    stored = memory.store.store.get(guild, [kept.attachments[0].id, *taken_back, c_jpg])
+    assert set(stored) == {kept.attachments[0].id, c_jpg}
+    assert await memory.pending() == []  # nor resumed after a restart
+
+
+def analysed(bot) -> int:
+    return bot.services.queue.metrics.snapshot()["jobs_by_kind"].get("image", {}).get("ok", 0)
 
 
 async def test_plain_chat_request_searches_only_what_everyone_here_may_see(imagebot, discord_server,

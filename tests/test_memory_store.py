@@ -488,3 +488,37 @@ def test_browse_reads_back_in_time_slices(store):
     assert store.count(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False) == 6
     assert store.count(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False, since=now - timedelta(days=5)) == 3
     assert store.count(GUILD_A) == 7
+
+
+async def test_a_delete_racing_the_store_write_still_wins(tmp_path, store):
+    """The narrow race the Discord-level test cannot time: the delete event arrives while remember()'s
+    upsert runs in its thread, so the store's delete may run before the record exists."""
+    from bot.memory.ledger import IngestLedger
+    from bot.memory.service import MemoryService
+    from bot.memory.store import AsyncImageStore
+
+    settings = settings_for(tmp_path, path="chroma", collection_prefix="test")
+    memory = MemoryService(AsyncImageStore(store), IngestLedger.open(settings), encoder=None)  # type: ignore[arg-type]
+    image = ref(1)
+    await memory.begin([image])
+    real_upsert, loop = store.upsert, asyncio.get_running_loop()
+
+    def upsert_while_deleted(*args):
+        # The MESSAGE_DELETE handler runs to the end while this thread is still about to write.
+        assert asyncio.run_coroutine_threadsafe(memory.message_deleted(GUILD_A, image.message_id), loop).result() == 0
+        real_upsert(*args)
+
+    store.upsert = upsert_while_deleted  # type: ignore[method-assign]
+    assert await memory.remember(image, analysis()) is False
+    assert store.get(GUILD_A, [1]) == {}
+    memory.settle([image])
+    assert not memory.retracted
+
+    store.upsert = real_upsert  # type: ignore[method-assign]
+    other = ref(2)
+    await memory.begin([other])
+    assert await memory.remember(other, analysis()) is True
+    memory.settle([other])
+    assert set(store.get(GUILD_A, [2])) == {2}
+    assert await memory.pending() == []
+    await memory.close()

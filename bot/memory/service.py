@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -67,6 +67,11 @@ class MemoryService:
         self.store = store
         self.ledger = ledger
         self.encoder = encoder
+        # Images between begin() and settle(): downloading or in the models, not yet stored. A delete,
+        # an edit or /forget that arrives meanwhile finds nothing in the store, so it is noted here
+        # and remember() drops the image instead of storing what its owner just took back.
+        self._in_flight: dict[int, ImageRef] = {}
+        self.retracted: set[int] = set()  # attachment ids, while in flight
 
     @classmethod
     async def open(cls, settings: Settings, encoder: QueryEncoder) -> MemoryService:
@@ -81,17 +86,40 @@ class MemoryService:
 
     async def begin(self, refs: Sequence[ImageRef]) -> None:
         """Before download + analysis: a crash from here on leaves them in the ledger to resume."""
+        for ref in refs:
+            self._in_flight[ref.attachment_id] = ref
         if refs:
             await asyncio.to_thread(self.ledger.mark_pending_many, refs)
 
-    async def remember(self, ref: ImageRef, analysis: ImageAnalysis) -> None:
+    async def remember(self, ref: ImageRef, analysis: ImageAnalysis) -> bool:
+        """Store an analysed image; False when it was deleted (or forgotten) while being analysed."""
+        if ref.attachment_id in self.retracted:
+            return False
         await self.store.upsert(ref, analysis)
+        if ref.attachment_id in self.retracted:
+            # Retracted while the upsert ran: the delete may have run before the record existed.
+            await self.store.delete_attachments(ref.guild_id, [ref.attachment_id], user_id=ref.author_id)
+            return False
         await asyncio.to_thread(self.ledger.mark_done, ref.attachment_id)
+        return True
 
     async def abandon(self, refs: Iterable[ImageRef]) -> None:
         """Refused images (bad file, too large) are not retried after a restart."""
         ids = [ref.attachment_id for ref in refs]
         if ids:
+            await asyncio.to_thread(self.ledger.mark_done, *ids)
+
+    def settle(self, refs: Iterable[ImageRef]) -> None:
+        """Ingest is done with these (stored, refused or failed): no longer in flight."""
+        for ref in refs:
+            self._in_flight.pop(ref.attachment_id, None)
+            self.retracted.discard(ref.attachment_id)
+
+    async def _retract(self, matches: Callable[[ImageRef], bool]) -> None:
+        """Mark in-flight images the owner took back; they are never stored, nor resumed after a crash."""
+        ids = [attachment_id for attachment_id, ref in self._in_flight.items() if matches(ref)]
+        if ids:
+            self.retracted.update(ids)
             await asyncio.to_thread(self.ledger.mark_done, *ids)
 
     async def pending(self, max_attempts: int = 3) -> list[PendingImage]:
@@ -100,16 +128,22 @@ class MemoryService:
     # ----- deletes -----
 
     async def message_deleted(self, guild_id: int | None, message_id: int) -> int:
-        return await self.store.delete_message(guild_id, message_id)
+        return await self.messages_deleted(guild_id, [message_id])
 
     async def messages_deleted(self, guild_id: int | None, message_ids: Iterable[int]) -> int:
-        return await self.store.delete_messages(guild_id, list(message_ids))
+        ids = set(message_ids)
+        await self._retract(lambda ref: ref.guild_id == guild_id and ref.message_id in ids)
+        return await self.store.delete_messages(guild_id, list(ids))
 
     async def message_edited(self, guild_id: int | None, message_id: int, remaining_attachment_ids: Iterable[int]
                              ) -> int:
-        return await self.store.sync_message(guild_id, message_id, list(remaining_attachment_ids))
+        remaining = set(remaining_attachment_ids)
+        await self._retract(lambda ref: ref.guild_id == guild_id and ref.message_id == message_id
+                            and ref.attachment_id not in remaining)
+        return await self.store.sync_message(guild_id, message_id, list(remaining))
 
     async def forget(self, guild_id: int | None, user_id: int) -> int:
+        await self._retract(lambda ref: ref.guild_id == guild_id and ref.author_id == user_id)
         return await self.store.forget_user(guild_id, user_id)
 
     # ----- reads -----

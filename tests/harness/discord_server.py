@@ -286,6 +286,10 @@ class FakeDiscordServer:
         self.errors: list[str] = []
         #: Served at ``/cdn/<key>``: key -> (bytes, content type).
         self.cdn: dict[str, tuple[bytes, str]] = {}
+        #: When set, CDN downloads are answered only once this event is set (``cdn_waiting`` counts
+        #: the downloads held): a test can act while the bot is between "download" and "stored".
+        self.cdn_hold: asyncio.Event | None = None
+        self.cdn_waiting = 0
 
         self.bot_user = self._new_user(bot_name, bot=True)
         self.application_id = self.bot_user.id
@@ -1522,7 +1526,7 @@ class FakeDiscordServer:
         if path.startswith("/gateway"):
             return await self.gateway.handle(request)
         if path.startswith("/cdn/"):
-            return self._serve_cdn(path[len("/cdn/") :])
+            return await self._serve_cdn(path[len("/cdn/") :])
         match = _API_PREFIX.match(path)
         if match is None:
             log.error("fake discord: request outside /api: %s %s", request.method, path)
@@ -1569,7 +1573,7 @@ class FakeDiscordServer:
         log.error("fake discord: UNHANDLED route %s %s (add it to tests/harness)", request.method, path)
         raise _ApiError(404, 0, f"404: Not Found (fake Discord does not implement {request.method} {path})")
 
-    def _serve_cdn(self, raw_key: str) -> web.Response:
+    async def _serve_cdn(self, raw_key: str) -> web.Response:
         key = raw_key.split("?", 1)[0]
         entry = self.cdn.get(key) or self.cdn.get(urllib.parse.unquote(key))
         if entry is None and key.startswith("embed/avatars/"):
@@ -1577,7 +1581,13 @@ class FakeDiscordServer:
         if entry is None:
             log.warning("fake discord CDN: no file at %s", key)
             return web.Response(status=404, text="not found")
-        data, ctype = entry
+        data, ctype = entry  # looked up first: a download already under way completes, like Discord's CDN
+        if self.cdn_hold is not None:
+            self.cdn_waiting += 1
+            try:
+                await self.cdn_hold.wait()
+            finally:
+                self.cdn_waiting -= 1
         return web.Response(body=data, headers={"Content-Type": ctype})
 
     def _build_routes(self) -> list[_Route]:
