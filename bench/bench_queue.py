@@ -76,9 +76,12 @@ def naive(analyzer: Any, photos: list[bytes], count: int) -> dict[str, float]:
     return latency_stats(latencies, time.perf_counter() - started, count, _cpu_seconds() - cpu)
 
 
-async def queued(analyzer: Any, photos: list[bytes], count: int, settings: QueueSettings) -> dict[str, Any]:
+async def queued(
+    analyzer: Any, photos: list[bytes], count: int, settings: QueueSettings, *, warmup: int = 1
+) -> dict[str, Any]:
+    """``count`` messages at once through the queue, after ``warmup`` untimed ones (sent together)."""
     async with InferenceQueue(analyzer, settings) as queue:
-        await queue.analyze(photos[0])  # warm-up
+        await asyncio.gather(*(queue.analyze(photos[i % len(photos)]) for i in range(warmup)))
         warm = queue.metrics.snapshot()["batch_size"]["image"]["count"]
         started, cpu = time.perf_counter(), _cpu_seconds()
 

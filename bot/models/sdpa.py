@@ -26,6 +26,11 @@ import types
 import torch
 import torch.nn.functional as F
 
+try:  # transformers 5's cache classes; without them the text decoder is left as it is
+    from transformers.cache_utils import DynamicLayer, EncoderDecoderCache
+except ImportError:  # pragma: no cover - older transformers
+    DynamicLayer = EncoderDecoderCache = None
+
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +59,6 @@ def _text_sdpa_forward(
     **_: object,
 ) -> tuple[torch.Tensor, None]:
     """``BlipTextSelfAttention.forward`` with SDPA; same cache protocol as transformers 5's eager one."""
-    from transformers.cache_utils import EncoderDecoderCache
-
     head_size = self.attention_head_size
     query = self.query(hidden_states).view(*hidden_states.shape[:-1], -1, head_size).transpose(1, 2)
     is_cross = encoder_hidden_states is not None
@@ -97,10 +100,9 @@ def _text_sdpa_forward(
 
 def _text_patch_supported() -> bool:
     """True when transformers' BLIP text attention speaks the cache API the patch reproduces."""
-    try:
-        from transformers.cache_utils import DynamicLayer, EncoderDecoderCache  # noqa: F401
-        from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
-    except ImportError:
+    from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
+
+    if EncoderDecoderCache is None:
         return False
     parameters = inspect.signature(BlipTextSelfAttention.forward).parameters
     return "past_key_values" in parameters and hasattr(DynamicLayer, "lazy_initialization")
