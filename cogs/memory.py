@@ -14,7 +14,7 @@ from discord.ext import commands
 from bot.analysis import SENTIMENT_LABELS
 from bot.client import ImageBot
 from bot.memory.intent import SearchIntent
-from bot.memory.service import Audience, FindFilters, MemoryService
+from bot.memory.service import Audience, Filters, MemoryService
 from cogs.utils.messages import incoming_images
 from cogs.utils.results import paged
 from cogs.utils.visibility import private_audience, public_audience
@@ -130,7 +130,7 @@ class Memory(commands.Cog):
                    channel: discord.TextChannel | None = None, sentiment: str | None = None,
                    topic: str | None = None, since: str | None = None, until: str | None = None) -> None:
         try:
-            filters = FindFilters(
+            filters = Filters(
                 author_id=author.id if author else None, channel_id=channel.id if channel else None,
                 sentiment=sentiment, topic=topic, since=parse_day(since, field="since"),
                 until=parse_day(until, field="until"),
@@ -149,7 +149,7 @@ class Memory(commands.Cog):
         return [app_commands.Choice(name=t, value=t) for t in topics if current.lower() in t.lower()][:25]
 
     async def _send_results(self, interaction: discord.Interaction, query: str, audience: Audience,
-                            filters: FindFilters) -> None:
+                            filters: Filters) -> None:
         results = await self.memory.find(query, audience, filters, limit=RESULT_LIMIT)
         if not results:
             await interaction.followup.send(f"I couldn't find any pictures matching “{query}”.", ephemeral=True)
@@ -203,7 +203,7 @@ class Memory(commands.Cog):
         if author_id is None and intent.author_hint:
             intent = intent.without_author()
         audience = public_audience(message.author, message.channel, message.guild)
-        filters = FindFilters(author_id=author_id, since=intent.since, until=intent.until)
+        filters = Filters(author_id=author_id, since=intent.since, until=intent.until)
         results = await self.memory.find(intent.query, audience, filters, limit=RESULT_LIMIT)
         if not results:
             await message.reply("I couldn't find a picture like that here.", mention_author=False)

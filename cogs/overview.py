@@ -35,7 +35,7 @@ from bot.overview.backfill import BackfillBusy, BackfillProgress, History, Scann
 from bot.overview.charts import stats_charts
 from bot.overview.gallery import DEFAULT_SORT, SORTS, mood_note
 from bot.overview.render import progress_text, report_text, stats_sections, topics_text
-from bot.overview.service import OverviewFilters, OverviewService
+from bot.overview.service import Filters, OverviewService
 from bot.overview.stats import PERIODS
 from cogs.utils.messages import incoming_images
 from cogs.utils.results import PAGE_SIZE, ResultPages, image_embed
@@ -143,7 +143,7 @@ class Overview(commands.Cog):
         where = interaction.channel
         audience = (public_audience(interaction.user, where, interaction.guild) if public and where is not None
                     else private_audience(interaction.user, where, interaction.guild))
-        filters = OverviewFilters(author_id=author.id if author else None, channel_id=channel.id if channel else None)
+        filters = Filters(author_id=author.id if author else None, channel_id=channel.id if channel else None)
         stats = await self.service.stats(audience, filters, period=period, now=datetime.now(UTC))
         if not stats.total:
             await interaction.followup.send("No pictures match that (among those you can see here).", ephemeral=True)
@@ -175,7 +175,7 @@ class Overview(commands.Cog):
         # Ephemeral: the gallery depends on what *this* member may see.
         await interaction.response.defer(ephemeral=True, thinking=True)
         audience = private_audience(interaction.user, interaction.channel, interaction.guild)
-        filters = OverviewFilters(author_id=author.id if author else None, sentiment=sentiment, topic=topic or None)
+        filters = Filters(author_id=author.id if author else None, sentiment=sentiment, topic=topic or None)
         images = await self.service.gallery(audience, filters, sort=sort)
         if not images:
             await interaction.followup.send("No pictures match that (among those you can see here).", ephemeral=True)

@@ -30,7 +30,7 @@ from bot.overview.cursors import BackfillCursors
 from bot.overview.gallery import SORTS, sort_images
 from bot.overview.paths import topic_model_path
 from bot.overview.render import progress_text, report_text, stats_sections, topics_text
-from bot.overview.service import OverviewFilters, OverviewService
+from bot.overview.service import Filters, OverviewService
 from bot.overview.stats import MAX_BUCKETS, compute_stats, timeline
 from bot.overview.topics import (
     TopicModel,
@@ -665,17 +665,17 @@ async def test_service_reads_through_the_audience_and_discovered_topics(tmp_path
     visible = await service.clusters(alice)
     assert len(visible) == 2  # the third draws on #private too
     hidden = next(c for c in model.clusters if c not in visible)
-    assert await service.images(alice, OverviewFilters(topic=hidden.value)) == []
-    shown = await service.images(alice, OverviewFilters(topic=visible[0].value))
+    assert await service.images(alice, Filters(topic=hidden.value)) == []
+    shown = await service.images(alice, Filters(topic=visible[0].value))
     assert {i.attachment_id for i in shown} == set(visible[0].members)
-    assert len(await service.images(everyone(), OverviewFilters(topic=hidden.value))) == 8
+    assert len(await service.images(everyone(), Filters(topic=hidden.value))) == 8
 
-    gallery = await service.gallery(alice, OverviewFilters(sentiment="positive"), sort="oldest")
+    gallery = await service.gallery(alice, Filters(sentiment="positive"), sort="oldest")
     assert [i.attachment_id for i in gallery] == sorted(i.attachment_id for i in gallery) and len(gallery) == 11
-    stats = await service.stats(alice, OverviewFilters(), period="all", now=T0 + timedelta(days=1))
+    stats = await service.stats(alice, Filters(), period="all", now=T0 + timedelta(days=1))
     assert stats.total == 23 and stats.channels == 1
     with pytest.raises(ValueError, match="period"):
-        await service.stats(alice, OverviewFilters(), period="decade", now=T0)
+        await service.stats(alice, Filters(), period="decade", now=T0)
     assert isinstance(await service.topic_model(GUILD), TopicModel) and await service.topic_model(None) is None
 
 

@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
 import numpy as np
@@ -19,7 +18,7 @@ from bot.analysis import ImageAnalysis
 from bot.config import Settings
 from bot.memory.ledger import IngestLedger, PendingImage
 from bot.memory.records import ImageRef, StoredImage
-from bot.memory.store import AsyncImageStore, ImageStore, SearchHit
+from bot.memory.store import NO_FILTERS, AsyncImageStore, Filters, ImageStore, SearchHit
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +45,6 @@ class Audience:
     def as_kwargs(self) -> dict[str, object]:
         return {"visible_channel_ids": self.visible_channel_ids, "allow_nsfw": self.allow_nsfw,
                 "requester_id": self.requester_id}
-
-
-@dataclass(frozen=True)
-class FindFilters:
-    author_id: int | None = None
-    channel_id: int | None = None
-    sentiment: str | None = None
-    topic: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-    def as_kwargs(self) -> dict[str, object]:
-        return {"author_id": self.author_id, "channel_id": self.channel_id, "sentiment": self.sentiment,
-                "topic": self.topic, "since": self.since, "until": self.until}
 
 
 class MemoryService:
@@ -148,7 +133,7 @@ class MemoryService:
 
     # ----- reads -----
 
-    async def find(self, query: str, audience: Audience, filters: FindFilters = FindFilters(), *,
+    async def find(self, query: str, audience: Audience, filters: Filters = NO_FILTERS, *,
                    limit: int = 10) -> list[SearchHit] | list[StoredImage]:
         """Hybrid search for ``query``; an empty query lists the newest matching images instead."""
         query = query.strip()

@@ -44,7 +44,7 @@ import math
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -147,6 +147,13 @@ class Filters:
         if self.until is not None:
             clauses.append({"created_ts": {"$lt": _epoch(self.until)}})
         return clauses
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The filter keywords of :meth:`ImageStore.search`, ``browse``, ``count`` and ``images``."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+NO_FILTERS = Filters()
 
 
 @dataclass(frozen=True)

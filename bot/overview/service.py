@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +21,7 @@ from bot.config import Settings
 from bot.labels import LabelSet, LabelSetError, parse_label_file
 from bot.memory.records import StoredImage
 from bot.memory.service import Audience
-from bot.memory.store import AsyncImageStore
+from bot.memory.store import NO_FILTERS, AsyncImageStore, Filters
 from bot.overview.backfill import Backfill, IngestsImages
 from bot.overview.cursors import BackfillCursors
 from bot.overview.gallery import DEFAULT_SORT, sort_images
@@ -43,14 +43,6 @@ class EmbedsTexts(Protocol):
     """The inference queue's text embedder (the one that embedded the captions)."""
 
     async def embed_texts(self, texts: list[str]) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class OverviewFilters:
-    author_id: int | None = None
-    channel_id: int | None = None
-    sentiment: str | None = None
-    topic: str | None = None  # a fixed topic label, or a discovered one (``cluster:N``)
 
 
 def topic_labels(settings: Settings) -> LabelSet | None:
@@ -88,9 +80,11 @@ class OverviewService:
 
     # ----- reads (always through an audience) -----
 
-    async def images(self, audience: Audience, filters: OverviewFilters = OverviewFilters(), *,
+    async def images(self, audience: Audience, filters: Filters = NO_FILTERS, *,
                      since: datetime | None = None) -> list[StoredImage]:
-        """What ``audience`` may see, matching ``filters``, oldest first."""
+        """What ``audience`` may see, matching ``filters``, oldest first.
+
+        ``filters.topic`` may also name a discovered topic (``cluster:N``, from /topics refresh)."""
         cluster = None
         topic = filters.topic
         if topic and topic.startswith(CLUSTER_PREFIX):
@@ -98,16 +92,15 @@ class OverviewService:
             if cluster is None:
                 return []  # unknown, outdated, or not visible to this audience: nothing, not an error
             topic = None
-        images = await self.store.images(
-            audience.guild_id, **audience.as_kwargs(), author_id=filters.author_id, channel_id=filters.channel_id,
-            sentiment=filters.sentiment, topic=topic, since=since,
-        )
+        # ``until`` is not an overview filter; ``since`` comes from the period, the topic may be a cluster.
+        wanted = replace(filters, topic=topic, since=since, until=None)
+        images = await self.store.images(audience.guild_id, **audience.as_kwargs(), **wanted.as_kwargs())
         if cluster is not None:
             members = set(cluster.members)
             images = [image for image in images if image.attachment_id in members]
         return images
 
-    async def stats(self, audience: Audience, filters: OverviewFilters, *, period: str, now: datetime
+    async def stats(self, audience: Audience, filters: Filters, *, period: str, now: datetime
                     ) -> OverviewStats:
         if period not in PERIODS:
             raise ValueError(f"unknown period {period!r}; one of {', '.join(PERIODS)}")
@@ -115,7 +108,7 @@ class OverviewService:
         images = await self.images(audience, filters, since=since)
         return await asyncio.to_thread(compute_stats, images, since=since, now=now, granularity=PERIODS[period][1])
 
-    async def gallery(self, audience: Audience, filters: OverviewFilters, *, sort: str = DEFAULT_SORT
+    async def gallery(self, audience: Audience, filters: Filters, *, sort: str = DEFAULT_SORT
                       ) -> list[StoredImage]:
         return sort_images(await self.images(audience, filters), sort)
 
