@@ -210,8 +210,10 @@ def report(info: dict[str, Any], gpu: dict[str, Any], args: argparse.Namespace, 
         f"| {fmt_s(light['p95'])} |",
         "",
         f"- queue vs naive throughput: **{s['images_per_s'] / n['images_per_s']:.1f}x**",
-        f"- sustained run's batches: {batches['count']}, mean size {batches['mean']:.1f}, max {batches['max']:.0f}",
-        f"- mean stage times in the sustained run (per job for decode/queue_wait/latency, per batch for the rest): "
+        f"- sustained run's batches: {batches['count']}, mean size {batches['mean']:.1f}, max {batches['max']:.0f} "
+        f"(the untimed warm-up of {args.batch} images included)",
+        f"- mean stage times in the sustained run, warm-up included (per job for decode/queue_wait/latency, per "
+        f"batch for the rest): "
         f"{stages}",
     ]
     memory = results.get("gpu_memory") or {}
