@@ -14,7 +14,8 @@ from bot.health import write_heartbeat
 from bot.services import Services
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ("cogs.images", "cogs.chat", "cogs.memory", "cogs.status", "cogs.vibe", "cogs.overview")
+# cogs.errors first: it installs the tree-level error handler every other cog relies on.
+EXTENSIONS = ("cogs.errors", "cogs.images", "cogs.chat", "cogs.memory", "cogs.status", "cogs.vibe", "cogs.overview")
 
 
 def default_intents() -> discord.Intents:

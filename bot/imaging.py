@@ -40,6 +40,8 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
+from bot.errors import UserFacingError
+
 from PIL import (
     BmpImagePlugin,  # noqa: F401  (imported for its side effect: registers the plugin)
     GifImagePlugin,  # noqa: F401
@@ -122,8 +124,8 @@ _ANIMATED_FORMATS: Final = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
 # --------------------------------------------------------------------------- errors
 
 
-class ImageRejected(Exception):
-    """Base class of every refusal.
+class ImageRejected(UserFacingError):
+    """Base class of every refusal of a file.
 
     ``code`` is a short machine-readable string for logs/metrics; ``user_message`` is one
     polite sentence, free of jargon, meant to be shown to the Discord user verbatim.
@@ -132,19 +134,6 @@ class ImageRejected(Exception):
 
     code: ClassVar[str] = "rejected"
     default_message: ClassVar[str] = "Sorry, I couldn't open that image."
-
-    def __init__(
-        self,
-        user_message: str | None = None,
-        *,
-        detail: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        self.user_message: str = user_message or self.default_message
-        self.detail: str | None = detail
-        if code is not None:
-            self.code = code  # instance attribute shadows the class default
-        super().__init__(detail or self.user_message)
 
 
 class EmptyImage(ImageRejected):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
+from bot.errors import UserFacingError
 from bot.imaging import ImageRejected
 
 __all__ = [
@@ -23,16 +24,14 @@ __all__ = [
 ]
 
 
-class InferenceError(Exception):
-    """Base of every queue failure."""
+class InferenceError(UserFacingError):
+    """Base of every queue failure (the detail comes first: it is what the queue's code knows)."""
 
     code: ClassVar[str] = "inference_error"
     default_message: ClassVar[str] = "Something went wrong while I was looking at that — please try again."
 
     def __init__(self, detail: str | None = None, *, user_message: str | None = None) -> None:
-        self.user_message: str = user_message or self.default_message
-        self.detail = detail
-        super().__init__(detail or self.user_message)
+        super().__init__(user_message, detail=detail)
 
 
 class QueueBusy(InferenceError):
