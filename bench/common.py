@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 DEFAULT_MODELS_DIR = Path(os.environ.get("IMAGEBOT_BENCH_MODELS", "/tmp/imagebot-bench-models"))
-REPORT_DATE = "2026-11-23"
+REPORT_DATE = datetime.date.today().isoformat()  # the real run date
 CAPTION_TOKENS = 20
 REAL_BLIP, REAL_CLIP, REAL_SENTIMENT = "real-size-random-blip", "real-size-random-clip", "real-size-random-sentiment"
 _DONE = "WRITTEN.json"

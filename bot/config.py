@@ -83,13 +83,22 @@ class ImageSettings(_Section):
     # Models look at <= 384 px, so images are shrunk to this longest side while decoding.
     target_size: Annotated[int, Field(ge=32, le=2048)] = 384
     max_images_per_message: Annotated[int, Field(ge=1, le=50)] = 10
+    # Untrusted bytes are decoded in killable worker processes (bot/decode_sandbox.py): a decode that
+    # runs past the time limit or the memory limit is killed and the file refused. `false` decodes in
+    # threads of this process instead (no protection; for platforms that cannot start processes).
+    isolate_decoding: bool = True
+    decode_timeout_s: Annotated[float, Field(gt=0, le=600)] = 8.0
+    decode_memory_mb: Annotated[int, Field(ge=128, le=65536)] = 1024
 
 
 class LLMSettings(_Section):
     base_url: str = "http://127.0.0.1:11434"
     model: str = "llama3.2"
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
-    timeout_s: PositiveFloat = 60.0
+    timeout_s: PositiveFloat = 60.0  # the whole answer
+    # Seconds to wait for the first streamed chunk (capped at timeout_s): an Ollama that accepted the
+    # request and sends nothing is given up on early instead of keeping people on "typing…".
+    first_token_timeout_s: PositiveFloat = 15.0
     num_ctx: PositiveInt = 4096
     system_prompt: str = (
         "You are imagebot, a friendly member of this Discord server. You cannot see pixels; "

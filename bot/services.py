@@ -6,6 +6,7 @@ object, which is why it exercises the same pipeline and chat logic as Discord.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from bot.chat.service import ChatService
 from bot.config import Settings
 from bot.context_cache import AnalysisCache
+from bot.decode_sandbox import DecodeSandbox
 from bot.inference import InferenceQueue
 from bot.ingest import ImageIngestor
 from bot.labels import LabelSetError, parse_label_file
@@ -46,6 +48,9 @@ class Services:
         self.with_memory = with_memory
         self.memory: MemoryService | None = None
         self.queue: InferenceQueue | RayInferenceClient
+        # Untrusted image bytes are decoded in killable processes (bot/decode_sandbox.py), shared by
+        # the local queue's decode stage and /vibe's pixel measurements.
+        self.decoder = DecodeSandbox.from_settings(settings.images, workers=settings.queue.decode_workers)
         if settings.inference.backend == "ray":
             # Model work on a shared Ray Serve deployment (docs/scale-out-ray.md); ray is an optional
             # extra, so it is imported only when configured.
@@ -54,7 +59,7 @@ class Services:
             self.queue = RayInferenceClient(settings)
         else:
             factory = analyzer_factory or (lambda: Analyzer.from_settings(settings))
-            self.queue = InferenceQueue(factory, settings.queue, settings.images)
+            self.queue = InferenceQueue(factory, settings.queue, settings.images, decoder=self.decoder)
         self.cache = AnalysisCache()
         self.limiter = ImageRateLimiter(settings.rate_limits)
         self.ingestor = ImageIngestor(settings, self.queue, cache=self.cache, limiter=self.limiter)
@@ -62,6 +67,7 @@ class Services:
         self.topics: tuple[str, ...] = _topic_names(settings)
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.decoder.start)  # the first pictures need not wait for process start-up
         await self.queue.start()
         if self.with_memory:
             self.memory = await MemoryService.open(self.settings, self.queue)
@@ -70,6 +76,7 @@ class Services:
     async def close(self) -> None:
         try:
             await self.queue.close()
+            await asyncio.to_thread(self.decoder.close)
         finally:
             if self.memory is not None:
                 await self.memory.close()

@@ -21,7 +21,8 @@ from discord.ext import commands
 from bot.analysis import ImageAnalysis
 from bot.chat.llm import ChatLLM
 from bot.client import ImageBot
-from bot.imaging import ImageRejected, ImageTooLarge, UnsupportedImageType
+from bot.errors import UserFacingError
+from bot.imaging import ImageTooLarge, UnsupportedImageType
 from bot.vibe import (
     STORY_SEED,
     STORY_TEMPERATURE,
@@ -36,18 +37,15 @@ from cogs.utils.messages import incoming_images
 
 log = logging.getLogger(__name__)
 CHART_NAME = "vibe-compare.png"
-FAILED = "Sorry, something went wrong while judging that photo. Please try again in a moment."
 NO_IMAGE = "That message has no image I can look at."
 DOWNLOAD_FAILED = "I couldn't download that image from Discord. Please try again."
 POSTED = "Done — posted in the channel."
 
 
-class VibeProblem(Exception):
+class VibeProblem(UserFacingError):
     """A refusal to show the user as-is (bad attachment, rate limit)."""
 
-    def __init__(self, user_message: str) -> None:
-        super().__init__(user_message)
-        self.user_message = user_message
+    code = "vibe_refused"
 
 
 @dataclass(frozen=True)
@@ -73,6 +71,7 @@ class Vibe(commands.Cog):
             profile=load_profile(profile_path(settings.labels_dir)),
             max_bytes=settings.images.max_bytes,
             max_pixels=settings.images.max_pixels,
+            decode=bot.services.decoder.decode,
         )
         # Context menus cannot be declared inside a Cog class; register and unregister by hand.
         self.menu = app_commands.ContextMenu(name="Vibe check", callback=self.vibe_check)
@@ -109,24 +108,12 @@ class Vibe(commands.Cog):
         await self._judge(interaction, [Photo(first.filename, first.size, None, first.read, known)], public=False)
 
     async def _judge(self, interaction: discord.Interaction, photos: list[Photo], *, public: bool) -> None:
-        try:
-            self._check(interaction, photos)
-        except VibeProblem as problem:
-            await interaction.response.send_message(problem.user_message, ephemeral=True)
-            return
+        # Refusals (VibeProblem, a bad file, busy, timeout) and bugs are answered privately by the
+        # tree's error handler (cogs/utils/errors.py): before the defer as the response, after it
+        # as the followup that replaces "thinking…".
+        self._check(interaction, photos)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            content, files = await self._run(photos)
-        except (VibeProblem, ImageRejected) as problem:
-            await interaction.followup.send(problem.user_message, ephemeral=True)
-            return
-        except Exception as exc:
-            message = getattr(exc, "user_message", None)  # the inference queue's typed errors (busy, timeout)
-            if not isinstance(message, str):
-                log.exception("/vibe failed")
-                message = FAILED
-            await interaction.followup.send(message, ephemeral=True)
-            return
+        content, files = await self._run(photos)
         if public:
             # The first followup after an ephemeral defer would replace (and stay) ephemeral; settle
             # the private placeholder first, then post the result as a new, visible message.

@@ -201,3 +201,48 @@ async def test_sharded_bot_serves_guilds_on_every_shard(imagebot, discord_server
         message = await discord_server.post_message(channel, discord_world.alice, "",
                                                     attachments=[("cat.jpg", photos["chelsea"], "image/jpeg")])
         await wait_reaction(discord_server, message, SEEN_REACTION)
+
+
+async def test_chat_model_not_pulled_names_the_model_and_the_fix(imagebot, discord_server, discord_world, ollama):
+    ollama.pulled = False  # Ollama is up, but `ollama pull llama3.2` was never run
+    await discord_server.post_message(discord_world.general, discord_world.alice,
+                                      f"<@{discord_server.bot_user.id}> hello?")
+    reply = await discord_server.wait_for_message(discord_world.general, timeout=20)
+    assert "`llama3.2` is not installed on the Ollama server" in reply.content
+    assert "`ollama pull llama3.2`" in reply.content
+    assert OFFLINE_NOTE not in reply.content and "Traceback" not in reply.content
+    assert ollama.requests == []  # refused before any prompt was taken
+
+
+async def test_a_slow_answer_is_shown_while_it_streams(imagebot, discord_server, discord_world, ollama):
+    ollama.stall = "after_first_chunk"  # the first words come, then the model is slow to finish
+    await discord_server.post_message(discord_world.general, discord_world.alice,
+                                      f"<@{discord_server.bot_user.id}> hi")
+    reply = await discord_server.wait_for_message(discord_world.general, timeout=20)
+    assert reply.content == "I can see 0 …"  # shown in progress, marked as still being written
+    assert ollama.finished == 0
+    ollama.resume.set()
+    final = "I can see 0 image(s) in our chat."
+    await discord_server.wait_until(lambda: reply.content == final, timeout=10, what="the finished answer")
+    # Edited in place, not posted twice.
+    await discord_server.ensure_no_message(discord_world.general, predicate=lambda m: m is not reply)
+
+
+async def test_a_streamed_answer_that_outgrows_one_message_continues_in_the_next(imagebot, discord_server,
+                                                                                 discord_world, ollama):
+    from bot.chat.splitting import split_message
+
+    text = "\n\n".join(f"Paragraph {i}. " + "words " * 150 for i in range(4)).strip()
+    ollama.reply = lambda _: text
+    ollama.chunk_size = 2100  # the first streamed chunk already fills more than one Discord message
+    ollama.stall = "after_first_chunk"
+    await discord_server.post_message(discord_world.general, discord_world.alice,
+                                      f"<@{discord_server.bot_user.id}> tell me a long story")
+    first, second = await discord_server.wait_for_messages(2, discord_world.general, timeout=20)
+    assert second.content.endswith(" …") and len(first.content) <= 2000
+    ollama.resume.set()
+    final = split_message(text)
+    await discord_server.wait_until(lambda: second.content == final[1], timeout=10, what="the finished answer")
+    assert len(final) == 2 and first.content == final[0]
+    assert first.edited_at is None  # a message that filled up was finished when it was posted
+    await discord_server.ensure_no_message(discord_world.general, predicate=lambda m: m not in (first, second))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bot.chat.conversation import Turn, build_messages
 from bot.chat.llm import ChatLLM, LLMUnavailable
@@ -11,15 +11,19 @@ from bot.chat.splitting import split_message
 from bot.config import Settings
 
 log = logging.getLogger(__name__)
-OFFLINE_NOTE = "(My language model is offline right now, so I can't chat properly.)"
+OFFLINE_NOTE = f"({LLMUnavailable.default_message})"
+CUT_SHORT_NOTE = "(My language model stopped before finishing this answer.)"
+
+Progress = Callable[[str], None]
+"""Called with the whole answer so far each time more of it streams in; must not block."""
 
 
-def describe_without_llm(turns: Sequence[Turn]) -> str:
-    """The fallback: the most recent pictures in plain words, and a note that the LLM is offline."""
+def describe_without_llm(turns: Sequence[Turn], note: str = OFFLINE_NOTE) -> str:
+    """The fallback: the most recent pictures in plain words, after ``note`` (why the LLM is not answering)."""
     recent = [image for turn in turns for image in turn.images][-3:]
     if not recent:
-        return f"{OFFLINE_NOTE} I don't see any pictures in this conversation yet."
-    lines = [OFFLINE_NOTE, "Here is what I saw:" if len(recent) > 1 else "Here is what I saw in the picture:"]
+        return f"{note} I don't see any pictures in this conversation yet."
+    lines = [note, "Here is what I saw:" if len(recent) > 1 else "Here is what I saw in the picture:"]
     for image in recent:
         labels = ", ".join(image.top_labels)
         lines.append(f"- {image.caption} ({labels}; mood: {image.sentiment.label})" if labels
@@ -27,17 +31,42 @@ def describe_without_llm(turns: Sequence[Turn]) -> str:
     return "\n".join(lines)
 
 
+def note_for(exc: LLMUnavailable) -> str:
+    """The fallback's first line: the error's own sentence (offline, not responding, model not installed)."""
+    return f"({exc.user_message})"
+
+
 class ChatService:
     def __init__(self, settings: Settings, llm: ChatLLM | None = None) -> None:
         self.settings = settings
         self.llm = llm or ChatLLM(settings.llm)
 
-    async def answer(self, turns: Sequence[Turn]) -> list[str]:
-        """Reply chunks, each within Discord's message limit; never raises for LLM trouble."""
+    async def answer(self, turns: Sequence[Turn], on_progress: Progress | None = None) -> list[str]:
+        """Reply chunks, each within Discord's message limit; never raises for LLM trouble.
+
+        ``on_progress`` sees the answer grow (the whole text so far, stripped) while it streams; it
+        is a plain callback, not awaited, so a slow consumer (a rate-limited Discord edit) never
+        holds up reading the stream or eats into the LLM's time limits. The returned chunks are the
+        final word: if the LLM fails before saying anything, they are the image-analysis fallback;
+        if it fails part-way, they are what it said plus :data:`CUT_SHORT_NOTE` (so text someone
+        already saw is kept, and only grows).
+        """
         messages = build_messages(self.settings.llm.system_prompt, turns)
+        text = ""
         try:
-            text = await self.llm.reply(messages)
+            async for part in self.llm.stream(messages):
+                text += part
+                if on_progress is not None and text.strip():
+                    on_progress(text.strip())
+            if not text.strip():
+                raise LLMUnavailable(detail=f"empty answer from {self.settings.llm.base_url}")
+            text = text.strip()
         except LLMUnavailable as exc:
-            log.warning("LLM unavailable, answering from image analysis: %s", exc)
-            text = describe_without_llm(turns)
+            if text.strip():
+                log.warning("LLM stopped mid-answer (%s), keeping the %d characters it sent: %s",
+                            exc.code, len(text.strip()), exc)
+                text = f"{text.strip()}\n\n{CUT_SHORT_NOTE}"
+            else:
+                log.warning("LLM unavailable (%s), answering from image analysis: %s", exc.code, exc)
+                text = describe_without_llm(turns, note_for(exc))
         return split_message(text, self.settings.chat.max_reply_chars)

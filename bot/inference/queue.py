@@ -6,8 +6,11 @@ Stages, in the order a job meets them (the vocabulary of Triton's dynamic batche
 1. **admit** — on the event loop, synchronously: a slot out of ``queue.max_queued`` or
    :class:`QueueBusy` at once.
 2. **decode** — in a thread pool of ``queue.decode_workers``: :func:`bot.imaging.decode_image`
-   (sniff, bomb checks, DCT-domain downscale) and then :meth:`Analyzer.prepare` (the models' own
-   resize/normalise). This CPU work overlaps the model compute of the batch before.
+   (sniff, bomb checks, DCT-domain downscale) inside a killable worker process
+   (:class:`bot.decode_sandbox.DecodeSandbox`, one per decode thread: a hostile file that makes the
+   codec spin or balloon is killed at ``images.decode_timeout_s`` / ``decode_memory_mb``), then
+   :meth:`Analyzer.prepare` (the models' own resize/normalise) in the thread. This CPU work overlaps
+   the model compute of the batch before.
 3. **batch** — the worker thread takes up to ``max_batch_size`` jobs of one kind, waiting at most
    ``max_wait_ms`` after the first one (:meth:`JobBoard.next_batch`).
 4. **predict** — each model role runs once for the whole batch, on the worker thread only: model
@@ -36,7 +39,8 @@ import numpy as np
 
 from bot.analysis import ImageAnalysis, Sentiment
 from bot.config import ImageSettings, QueueSettings, Settings
-from bot.imaging import DecodedImage, decode_image
+from bot.decode_sandbox import DecodeSandbox
+from bot.imaging import DecodedImage
 from bot.inference.batching import Job, JobBoard, JobKind, is_out_of_memory, predict_splitting_on_oom
 from bot.inference.errors import InferenceError, JobTimeout, QueueClosed, WorkerCrashed, outcome_of
 from bot.inference.metrics import QueueMetrics
@@ -83,9 +87,13 @@ class InferenceQueue:
         *,
         metrics: QueueMetrics | None = None,
         is_oom: Callable[[BaseException], bool] = is_out_of_memory,
+        decoder: DecodeSandbox | None = None,
     ) -> None:
         self.settings = queue_settings or QueueSettings()
         self.image_settings = image_settings or ImageSettings()
+        # The decoder processes: shared when given (Services shares them with /vibe), else our own.
+        self._owns_decoder = decoder is None
+        self.decoder = decoder or DecodeSandbox.from_settings(self.image_settings, workers=self.settings.decode_workers)
         if isinstance(analyzer, AnalyzerLike) and not isinstance(analyzer, type):  # a class is a factory
             self._analyzer: AnalyzerLike | None = analyzer
             self._factory: Callable[[], AnalyzerLike] | None = None
@@ -169,6 +177,8 @@ class InferenceQueue:
             # Not cancel_futures: a cancelled decode would surface as a bare CancelledError in its
             # caller; a finished one finds its job already failed with QueueClosed, which is the answer.
             self._decode_pool.shutdown(wait=False)
+        if self._owns_decoder:
+            await asyncio.to_thread(self.decoder.close)
         self._state = "closed"
 
     async def __aenter__(self) -> InferenceQueue:
@@ -286,11 +296,7 @@ class InferenceQueue:
     def _decode(self, data: bytes, filename: str | None) -> DecodedImage | Any:
         """Decode pool: bytes → upright RGB ≤ target_size → model-ready tensors (when possible)."""
         started = time.perf_counter()
-        images = self.image_settings
-        decoded = decode_image(
-            data, max_bytes=images.max_bytes, max_pixels=images.max_pixels, target_size=images.target_size,
-            filename=filename,
-        )
+        decoded = self.decoder.decode(data, filename=filename)
         prepare = getattr(self._analyzer, "prepare", None)  # None while the models are loading
         result: Any = decoded
         if callable(prepare):

@@ -50,7 +50,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from bot import imaging
 from bot.analysis import ImageAnalysis, Sentiment
 from bot.config import ConfigError, Settings, load_settings
-from bot.imaging import ImageRejected, decode_image
+from bot.decode_sandbox import DecodeSandbox
+from bot.imaging import ImageRejected
 from bot.inference.batching import JobKind, predict_splitting_on_oom
 from bot.inference.errors import (
     InferenceError,
@@ -192,6 +193,8 @@ class InferenceDeployment:
         self._decode_pool = ThreadPoolExecutor(
             max_workers=settings.queue.decode_workers, thread_name_prefix="imagebot-decode"
         )
+        # Untrusted bytes are decoded in killable processes, as in the local queue (bot/decode_sandbox.py).
+        self.decoder = DecodeSandbox.from_settings(settings.images, workers=settings.queue.decode_workers)
         self.analyzer = Analyzer.from_settings(settings)
         # @serve.batch parameters are fixed at class definition; these setters apply the config's.
         wait_s = settings.queue.max_wait_ms / 1000.0
@@ -302,12 +305,7 @@ class InferenceDeployment:
         ]
 
     def _decode(self, data: bytes, filename: str | None) -> Any:
-        images = self.settings.images
-        decoded = decode_image(
-            data, max_bytes=images.max_bytes, max_pixels=images.max_pixels, target_size=images.target_size,
-            filename=filename,
-        )
-        return self.analyzer.prepare(decoded)
+        return self.analyzer.prepare(self.decoder.decode(data, filename=filename))
 
     def _predict_images(self, items: list[Any]) -> list[ImageAnalysis]:
         if _consume_flag(self.crash_once_file):

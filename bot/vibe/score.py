@@ -25,7 +25,7 @@ from langchain_core.messages import BaseMessage
 
 from bot.analysis import ImageAnalysis, Sentiment
 from bot.chat.llm import LLMUnavailable
-from bot.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
+from bot.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from bot.vibe.profile import PART_KEYS, VibeProfile
 from bot.vibe.quality import QUALITY_SIZE, QualityReport, measure_quality
 from bot.vibe.signals import (
@@ -226,6 +226,9 @@ class VibeScorer:
     profile: VibeProfile
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # How untrusted bytes are decoded (blocking; run in a thread): the bot passes its
+    # DecodeSandbox's ``decode`` (killable processes); the plain decoder is the default.
+    decode: Callable[..., DecodedImage] = decode_image
     _vectors: np.ndarray | None = field(default=None, init=False, repr=False)
     _vectors_for: str = field(default="", init=False, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
@@ -249,7 +252,7 @@ class VibeScorer:
         The bytes are still needed for the pixel measurements (sharpness, exposure, faces).
         """
         decoded = await asyncio.to_thread(
-            decode_image, data, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
+            self.decode, data, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
             target_size=QUALITY_SIZE, filename=filename,
         )
         analysis, vectors, quality = await asyncio.gather(

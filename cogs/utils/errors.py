@@ -1,8 +1,8 @@
 """The one error path at the Discord edge: every interaction gets an answer, even when things break.
 
 discord.py routes an exception escaping any app command, context menu or autocomplete callback to
-``CommandTree.on_error``; the ``cogs.errors`` extension installs :func:`answer_error` there, so a cog never needs its own
-``try``/``except`` just to avoid leaving someone on Discord's "thinking…" forever:
+``CommandTree.on_error``; the ``cogs.errors`` extension installs :func:`answer_error` there, so a
+cog never needs its own ``try``/``except`` just to avoid leaving someone on "thinking…" forever:
 
 - a :class:`bot.errors.UserFacingError` (a bad file, busy, timeout, memory down, ...) is answered
   with its ``user_message``;

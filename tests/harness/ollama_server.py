@@ -4,20 +4,32 @@ Implements ``POST /api/chat`` (streaming NDJSON and non-streaming), ``GET /api/t
 ``GET /api/version`` and ``POST /api/show``. Every chat request is recorded, so a test can assert
 on the exact prompt the bot sent (the ``[Image Attached: ...]`` line must be in it). Replies come
 from a callable (canned by default); ``delay_s`` makes the server slow, to exercise timeouts.
+
+Failure modes, as a real Ollama shows them (settable any time, read per request):
+
+- ``pulled = False``: the model is not installed; ``/api/chat`` and ``/api/show`` answer 404 with
+  Ollama's own body ``{"error":"model \"X\" not found, try pulling it first"}`` and ``/api/tags``
+  lists nothing. (A request for another model than ``model`` gets the same 404.)
+- ``stall``: the request is accepted and read, then the server goes quiet until ``resume`` is set
+  (or the server closes): ``"before_headers"`` sends not a byte, ``"after_headers"`` sends
+  ``200`` and the NDJSON headers but no line, ``"after_first_chunk"`` sends one chunk of the answer.
+  ``stalled`` is set once a request has reached its stall point, so tests order on events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
 Reply = Callable[[list[dict[str, Any]]], str]
+Stall = Literal["before_headers", "after_headers", "after_first_chunk"]
 
 
 def canned_reply(messages: list[dict[str, Any]]) -> str:
@@ -44,7 +56,13 @@ class FakeOllamaServer:
     reply: Reply = canned_reply
     delay_s: float = 0.0
     chunk_size: int = 12
+    pulled: bool = True
+    stall: Stall | None = None
     requests: list[ChatRequest] = field(default_factory=list)
+    stalled: asyncio.Event = field(default_factory=asyncio.Event)
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: int = 0  # chat responses sent to the end (the last, "done" line written)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
     port: int = 0
 
@@ -66,6 +84,8 @@ class FakeOllamaServer:
         return self
 
     async def close(self) -> None:
+        self._closing.set()  # let slow and stalled handlers end, so shutdown does not wait for them
+        self.resume.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -79,16 +99,27 @@ class FakeOllamaServer:
     def _meta(self) -> dict[str, Any]:
         return {"model": self.model, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
+    def _not_found(self, model: object) -> web.Response:
+        # Ollama's words and status for a model that was never pulled (server/routes.go).
+        return web.json_response({"error": f"model {json.dumps(model)} not found, try pulling it first"}, status=404)
+
+    async def _hold(self) -> None:
+        self.stalled.set()
+        await self.resume.wait()
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        if body.get("model") != self.model:
-            return web.json_response({"error": f"model '{body.get('model')}' not found"}, status=404)
+        if body.get("model") != self.model or not self.pulled:
+            return self._not_found(body.get("model"))
         chat = ChatRequest(
             body["model"], body.get("messages", []), bool(body.get("stream", True)), body.get("options") or {}
         )
         self.requests.append(chat)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        if self.delay_s:  # slow, but cut short when the server closes (shutdown waits for handlers)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.delay_s)
+        if self.stall == "before_headers":
+            await self._hold()
         text = self.reply(chat.messages)
         done = {
             **self._meta(),
@@ -99,21 +130,29 @@ class FakeOllamaServer:
             "eval_count": len(text.split()),
         }
         if not chat.stream:
+            self.finished += 1
             return web.json_response({**done, "message": {"role": "assistant", "content": text}})
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        for start in range(0, len(text), self.chunk_size):
-            chunk = {
-                **self._meta(),
-                "done": False,
-                "message": {"role": "assistant", "content": text[start : start + self.chunk_size]},
-            }
-            await response.write((json.dumps(chunk) + "\n").encode())
-        await response.write((json.dumps({**done, "message": {"role": "assistant", "content": ""}}) + "\n").encode())
-        await response.write_eof()
+        pieces = [text[start : start + self.chunk_size] for start in range(0, len(text), self.chunk_size)]
+        lines = [{**self._meta(), "done": False, "message": {"role": "assistant", "content": p}} for p in pieces]
+        lines.append({**done, "message": {"role": "assistant", "content": ""}})
+        try:
+            await response.prepare(request)
+            if self.stall == "after_headers":
+                await self._hold()
+            for index, line in enumerate(lines):
+                await response.write((json.dumps(line) + "\n").encode())
+                if index == 0 and self.stall == "after_first_chunk":
+                    await self._hold()
+            await response.write_eof()
+        except ConnectionResetError:  # the client gave up on a stalled answer
+            return response
+        self.finished += 1
         return response
 
     async def _tags(self, _: web.Request) -> web.Response:
+        if not self.pulled:
+            return web.json_response({"models": []})
         return web.json_response(
             {
                 "models": [
@@ -139,6 +178,7 @@ class FakeOllamaServer:
 
     async def _show(self, request: web.Request) -> web.Response:
         body = await request.json()
-        if body.get("model", body.get("name")) != self.model:
-            return web.json_response({"error": "model not found"}, status=404)
+        name = body.get("model", body.get("name"))
+        if name != self.model or not self.pulled:
+            return self._not_found(name)
         return web.json_response({"modelfile": "", "parameters": "", "template": "", "details": {}, "model_info": {}})
