@@ -12,17 +12,22 @@
     topics --guild ID        discover topics by clustering the guild's captions (saved for /gallery)
 
 Known failures (bad config, missing model, unreadable image) print one clear line to stderr and
-exit non-zero; a traceback means a bug.
+exit non-zero; a traceback means a bug. ``run`` and ``console`` check label files, model weights,
+the memory backend and Ollama first (bot/preflight.py), so a local problem stops them before any
+Discord login; a rejected token or an unreachable Discord is one line too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings
@@ -31,6 +36,24 @@ from bot.models.errors import ModelUnavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("bot")
+# Loggers whose INFO lines are per-request ("HTTP Request: POST .../api/chat"), model-loading chatter
+# or "logging in using static token" (discord.client): `run` keeps them at WARNING so the bot's own INFO
+# lines and discord.py's connection state (discord.gateway, discord.shard) stay readable; -v shows all.
+QUIET_LOGGERS = (
+    "httpx", "httpcore", "urllib3", "chromadb", "transformers", "sentence_transformers", "open_clip",
+    "huggingface_hub", "filelock", "PIL", "matplotlib", "discord.client",
+)
+
+
+def setup_logging(*, verbose: bool, service: bool) -> None:
+    """stderr logging: WARNING and up, or INFO with ``-v``; ``service`` (``run``) logs the bot's own
+    INFO lines (ready, synced commands, ...) but keeps the libraries above at WARNING unless ``-v``."""
+    level = logging.INFO if verbose or service else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    if service and not verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _quiet_libraries() -> None:
@@ -50,6 +73,53 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
+def printable_path(path: str | os.PathLike[str]) -> str:
+    """A file name as one terminal-safe line: newlines, carriage returns, escape sequences and other
+    unprintable characters come out escaped (``\\n``, ``\\x1b``), undecodable bytes as ``\\xff``."""
+
+    def escape(char: str) -> str:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by surrogateescape
+            return f"\\x{code - 0xDC00:02x}"
+        return repr(char)[1:-1]
+
+    return "".join(char if char.isprintable() else escape(char) for char in os.fspath(path))
+
+
+@contextlib.contextmanager
+def quiet_library_output() -> Iterator[None]:
+    """Keep image libraries' chatter off stderr while decoding (it is logged at INFO instead, for -v).
+
+    Two kinds: Python warnings, which print the library's source path (Pillow's TIFF metadata
+    warnings: ``.../PIL/TiffImagePlugin.py:773: UserWarning: Metadata Warning, tag 274 had too many
+    entries``), and C libraries writing straight to file descriptor 2 (libtiff's error handler:
+    ``ZIPDecode: Decoding error at scanline 0, incorrect data check.``), which only redirecting the
+    descriptor catches. Process-wide and not thread-safe: for the single-threaded command line.
+    """
+    sys.stderr.flush()
+    with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryFile() as sink:
+        warnings.simplefilter("always")
+        try:
+            saved: int | None = os.dup(2)
+        except OSError:  # no stderr at all: nothing to protect
+            saved = None
+        if saved is not None:
+            os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            if saved is not None:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+            for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+                log.info("while decoding: %s", message)
+            sink.seek(0)
+            chatter = sink.read().decode("utf-8", "replace").split()
+            if chatter:
+                log.info("while decoding, a library printed: %s", " ".join(chatter))
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
     from bot.imaging import ImageRejected, decode_image
     from bot.pipeline import Analyzer
@@ -65,10 +135,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
             results.append({"path": str(path), "error": f"cannot read file: {exc.strerror}"})
             continue
         try:
-            image = decode_image(
-                data, max_bytes=images.max_bytes, max_pixels=images.max_pixels,
-                target_size=images.target_size,
-            )
+            with quiet_library_output():
+                image = decode_image(
+                    data, max_bytes=images.max_bytes, max_pixels=images.max_pixels,
+                    target_size=images.target_size,
+                )
         except ImageRejected as exc:
             results.append({"path": str(path), "error": exc.user_message})
             continue
@@ -97,10 +168,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
     else:
         for item in results:
             if "analysis" in item:
-                print(f"{item['path']}: {item['analysis'].context_line()}")
+                print(f"{printable_path(item['path'])}: {item['analysis'].context_line()}")
             else:
                 failed += 1
-                print(f"{item['path']}: error: {item['error']}", file=sys.stderr)
+                print(f"{printable_path(item['path'])}: error: {item['error']}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -141,10 +212,51 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class StartupFailed(Exception):
+    """``Services.start()`` failed (inside discord.py's ``setup_hook``): kept apart from Discord errors."""
+
+
+def _preflight(settings: Settings, *, memory: bool, vibe: bool) -> bool:
+    """The local checks (bot/preflight.py), before connecting to anything; True when none is fatal."""
+    from bot.preflight import report, run_checks
+
+    return report(run_checks(settings, memory=memory, vibe=vibe), sys.stderr)
+
+
+def _startup_error(exc: BaseException) -> str:
+    if isinstance(exc, ConfigError | ModelUnavailable | LabelSetError):
+        return str(exc)
+    return f"the bot could not start: {type(exc).__name__}: {exc}"
+
+
+def _discord_error(exc: BaseException) -> str | None:
+    """One line for a known way connecting to Discord fails, or None (then it is a bug)."""
+    import discord
+
+    from bot.config import TOKEN_ENV
+
+    portal = "Discord developer portal → your application → Bot"
+    if isinstance(exc, discord.LoginFailure) or (isinstance(exc, discord.ConnectionClosed) and exc.code == 4004):
+        return (f"Discord rejected the token ({TOKEN_ENV}) — copy it again from the {portal} "
+                "(Reset Token) and set the new one")
+    if isinstance(exc, discord.PrivilegedIntentsRequired):
+        return (f"Discord refused the Message Content intent — enable it in the {portal} → "
+                "Privileged Gateway Intents → Message Content Intent")
+    if isinstance(exc, discord.HTTPException):
+        return f"Discord answered HTTP {exc.status} while connecting ({exc.text or 'no details'}); try again later"
+    if isinstance(exc, discord.ConnectionClosed):
+        return f"Discord closed the connection (code {exc.code}{f': {exc.reason}' if exc.reason else ''})"
+    if isinstance(exc, discord.GatewayNotFound | OSError | TimeoutError):
+        reason = str(exc) or type(exc).__name__
+        return f"cannot reach Discord: {reason} (check the network connection, proxy or firewall)"
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from bot.config import TOKEN_ENV
+    from bot.preflight import one_line
 
     settings = _settings(args)
     if settings.discord.token is None:
@@ -152,16 +264,43 @@ def cmd_run(args: argparse.Namespace) -> int:
               "(Discord developer portal → your application → Bot → Reset Token). "
               "To try the bot without Discord: python -m bot console", file=sys.stderr)
         return EXIT_USAGE
+    if not _preflight(settings, memory=True, vibe=True):
+        return EXIT_FAILED
+    import discord
+
     from bot.client import ImageBot
     from bot.services import Services
 
-    async def main() -> None:
-        bot = ImageBot(settings, Services(settings))
-        async with bot:
-            await bot.start(settings.discord.token.get_secret_value())
+    # The bot never joins voice: no "PyNaCl / davey is not installed" warnings at every start.
+    discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
 
-    logging.getLogger().setLevel(logging.INFO)
-    asyncio.run(main())
+    token = settings.discord.token.get_secret_value()
+
+    class RunServices(Services):
+        async def start(self) -> None:
+            try:
+                await super().start()
+            except Exception as exc:
+                raise StartupFailed() from exc
+
+    async def main() -> None:
+        bot = ImageBot(settings, RunServices(settings))
+        async with bot:
+            await bot.start(token)
+
+    def fail(message: str) -> int:
+        print(f"error: {one_line(message).replace(token, '[token]')}", file=sys.stderr)
+        return EXIT_FAILED
+
+    try:
+        asyncio.run(main())
+    except StartupFailed as exc:
+        return fail(_startup_error(exc.__cause__ or exc))
+    except Exception as exc:  # the known Discord failures become one line; anything else is a bug
+        message = _discord_error(exc)
+        if message is None:
+            raise
+        return fail(message)
     return EXIT_OK
 
 
@@ -170,7 +309,10 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     from bot.console import run_console
 
-    return asyncio.run(run_console(_settings(args)))
+    settings = _settings(args)
+    if not _preflight(settings, memory=False, vibe=False):
+        return EXIT_FAILED
+    return asyncio.run(run_console(settings))
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -300,10 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(verbose=args.verbose, service=args.command == "run")
     _quiet_libraries()
     try:
         return args.handler(args)

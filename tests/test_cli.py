@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -18,10 +19,12 @@ LINE = re.compile(
 )
 
 
-def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "bot", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300,
+        input=input,
     )
 
 
@@ -104,3 +107,294 @@ def test_models_tiny_writes_stand_ins_and_a_config(tmp_path):
     assert "STAND-IN" in config
     for folder in ("tiny-random-blip", "tiny-random-clip", "tiny-random-sentiment"):
         assert (tmp_path / "tiny" / folder / "STAND_IN.txt").is_file()
+
+
+# ----- start-up failures of `run` and `console` ---------------------------------------------------
+# Each known failure is one line on stderr, exit 1, no traceback; a local one (labels, models, memory)
+# is found before any request reaches Discord (the protocol peer in tests/harness records every one).
+# `run` goes through `bot.cli.main` in-process (in a thread: it runs its own event loop) so discord.py
+# can be pointed at the peer; the real-process tests check that no log line reaches stderr either.
+
+
+def write_config(folder: Path, tiny_models_dir: Path, **sections: dict) -> Path:
+    """The tiny-models config with absolute model paths, data in ``folder``, ``sections`` merged in."""
+    import tomllib
+
+    from bot.models.tiny import tiny_config_text
+
+    data = tomllib.loads(tiny_config_text())
+    for role in ("captioner", "tagger", "sentiment"):
+        model = data["models"][role]["model"]
+        if model.startswith("./"):
+            data["models"][role]["model"] = str(tiny_models_dir / model[2:])
+    data["memory"]["path"] = str(folder / "chroma")
+    data["discord"] = {"heartbeat_file": str(folder / "heartbeat.json")}
+
+    def merge(into: dict, extra: dict) -> None:
+        for key, value in extra.items():
+            if isinstance(value, dict):
+                merge(into.setdefault(key, {}), value)
+            else:
+                into[key] = value
+
+    def toml(table: dict, prefix: tuple[str, ...] = ()) -> list[str]:
+        scalars = [f"{key} = {json.dumps(value)}" for key, value in table.items() if not isinstance(value, dict)]
+        lines = ([f"[{'.'.join(prefix)}]"] if prefix and scalars else []) + scalars
+        for key, value in table.items():
+            if isinstance(value, dict):
+                lines += toml(value, (*prefix, key))
+        return lines
+
+    merge(data, sections)
+    path = folder / "config.toml"
+    path.write_text("\n".join(toml(data)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def closed_port():
+    """A 127.0.0.1 port that refuses connections (bound, never listening), reserved for the test."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def cli_main(monkeypatch):
+    """``await cli_main(*argv)``: ``bot.cli.main`` in a thread; logging levels it sets are put back."""
+    import asyncio
+    import logging
+
+    from bot import cli
+
+    loggers = [logging.getLogger(name) for name in ("", *cli.QUIET_LOGGERS)]
+    levels = [logger.level for logger in loggers]
+
+    async def call(*argv: str) -> int:
+        return await asyncio.to_thread(cli.main, list(argv))
+
+    yield call
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def broken_labels_dir(folder: Path) -> Path:
+    labels = folder / "labels"
+    labels.mkdir()
+    (labels / "objects.txt").write_text("dog\ncat\n")
+    return labels
+
+
+@pytest.mark.parametrize("problem", ["labels", "models", "memory"])
+async def test_run_local_problem_is_one_line_before_any_login(
+    problem, discord_server, ollama, cli_main, capsys, monkeypatch, tmp_path, tiny_models_dir, closed_port
+):
+    sections: dict[str, dict] = {"llm": {"base_url": ollama.base_url, "model": ollama.model}}
+    if problem == "labels":
+        sections["models"] = {"tagger": {"labels_dir": str(broken_labels_dir(tmp_path))}}
+        expected = "error: label files: " + f"{tmp_path / 'labels'}: missing label sets: scenes, medium, mood, topics"
+    elif problem == "models":
+        sections["models"] = {"captioner": {"model": "nobody/no-such-captioner"}}
+        expected = "error: captioner model 'nobody/no-such-captioner' is not available locally: run `python -m bot"
+    else:
+        sections["memory"] = {"backend": "http", "port": closed_port}
+        expected = f"error: the Chroma server at http://127.0.0.1:{closed_port} does not answer (Connection refused)"
+    config = write_config(tmp_path, tiny_models_dir, **sections)
+    monkeypatch.setenv("DISCORD_TOKEN", discord_server.token)
+
+    assert await cli_main("--config", str(config), "run") == 1
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err).startswith(expected)
+    assert captured.out == ""
+    assert discord_server.requests == []  # no login, no REST call at all
+
+
+async def test_run_with_a_rejected_token(discord_server, ollama, cli_main, capsys, monkeypatch, tmp_path,
+                                         tiny_models_dir):
+    config = write_config(tmp_path, tiny_models_dir, llm={"base_url": ollama.base_url, "model": ollama.model})
+    monkeypatch.setenv("DISCORD_TOKEN", "not-the-token-discord-knows")
+
+    assert await cli_main("--config", str(config), "run") == 1
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
+    assert line.startswith("error: Discord rejected the token (DISCORD_TOKEN) — ")
+    assert "not-the-token-discord-knows" not in captured.err + captured.out
+    assert [(r.method, r.path, r.status) for r in discord_server.requests] == [("GET", "/users/@me", 401)]
+
+
+async def test_run_with_discord_unreachable(ollama, cli_main, capsys, monkeypatch, tmp_path, tiny_models_dir,
+                                            closed_port):
+    import discord
+
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{closed_port}/api/v10")
+    config = write_config(tmp_path, tiny_models_dir, llm={"base_url": ollama.base_url, "model": ollama.model})
+    monkeypatch.setenv("DISCORD_TOKEN", "secret-token-value")
+
+    assert await cli_main("--config", str(config), "run") == 1
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
+    assert line.startswith(f"error: cannot reach Discord: Cannot connect to host 127.0.0.1:{closed_port}")
+    assert "secret-token-value" not in captured.err
+
+
+@pytest.mark.parametrize("ollama_problem", ["down", "model not pulled"])
+async def test_run_ollama_problems_warn_and_go_on(
+    ollama_problem, discord_server, ollama, cli_main, capsys, monkeypatch, tmp_path, tiny_models_dir, closed_port
+):
+    if ollama_problem == "down":
+        llm = {"base_url": f"http://127.0.0.1:{closed_port}"}
+        warning = f"warning: no Ollama server answers at http://127.0.0.1:{closed_port} (Connection refused): "
+    else:
+        llm = {"base_url": ollama.base_url, "model": "mistral"}
+        warning = (f"warning: the chat model `mistral` is not installed on the Ollama server at {ollama.base_url}: "
+                   "run `ollama pull mistral`; chatting falls back to describing pictures")
+    config = write_config(tmp_path, tiny_models_dir, llm=llm)
+    monkeypatch.setenv("DISCORD_TOKEN", "wrong-token")  # stops the run right after the login attempt
+
+    assert await cli_main("--config", str(config), "run") == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(warning), lines
+    assert lines[1].startswith("error: Discord rejected the token")
+    assert [r.path for r in discord_server.requests] == ["/users/@me"]  # it went on to log in
+
+
+async def test_run_services_that_fail_to_start_are_one_line(discord_server, ollama, cli_main, capsys, monkeypatch,
+                                                            tmp_path, tiny_models_dir):
+    broken = tmp_path / "broken-captioner"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")  # present on disk, so only loading finds out
+    config = write_config(tmp_path, tiny_models_dir, llm={"base_url": ollama.base_url, "model": ollama.model},
+                          models={"captioner": {"model": str(broken)}})
+    monkeypatch.setenv("DISCORD_TOKEN", discord_server.token)
+
+    assert await cli_main("--config", str(config), "run") == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: the bot could not start: ")
+    assert any(r.path == "/users/@me" for r in discord_server.requests)  # models load after the login
+
+
+async def test_run_without_the_message_content_intent(discord_server, ollama, cli_main, capsys, monkeypatch,
+                                                      tmp_path, tiny_models_dir):
+    discord_server.gateway.privileged_intents_allowed = False  # the portal switch is off: IDENTIFY closed 4014
+    config = write_config(tmp_path, tiny_models_dir, llm={"base_url": ollama.base_url, "model": ollama.model})
+    monkeypatch.setenv("DISCORD_TOKEN", discord_server.token)
+
+    assert await cli_main("--config", str(config), "run") == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: Discord refused the Message Content intent — enable it in the Discord developer")
+
+
+def test_run_in_a_real_process_prints_nothing_but_the_error(tmp_path, tiny_models_dir, closed_port):
+    """No log lines (discord.py's login/voice notices, library chatter) around the one error line."""
+    config = write_config(tmp_path, tiny_models_dir, llm={"base_url": f"http://127.0.0.1:{closed_port}"})
+    script = (
+        "import sys, discord\n"
+        f"discord.http.Route.BASE = 'http://127.0.0.1:{closed_port}/api/v10'\n"
+        "from bot.cli import main\n"
+        f"sys.exit(main(['--config', {str(config)!r}, 'run']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "DISCORD_TOKEN": "secret-token-value"})
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["warning", "error"], result.stderr
+    assert lines[1].startswith("error: cannot reach Discord: ")
+    assert "secret-token-value" not in result.stderr + result.stdout
+
+
+def test_run_with_chroma_down_in_a_real_process(tmp_path, tiny_models_dir, closed_port):
+    config = write_config(tmp_path, tiny_models_dir, memory={"backend": "http", "port": closed_port})
+    result = run_cli("--config", str(config), "run", env={"DISCORD_TOKEN": "secret-token-value"})
+    assert result.returncode == 1
+    assert one_error_line(result.stderr).startswith(f"error: the Chroma server at http://127.0.0.1:{closed_port}")
+
+
+def test_console_with_broken_labels_is_one_line(tmp_path, tiny_models_dir):
+    labels = broken_labels_dir(tmp_path)
+    config = write_config(tmp_path, tiny_models_dir, models={"tagger": {"labels_dir": str(labels)}})
+    result = run_cli("--config", str(config), "console", input="/quit\n")
+    assert result.returncode == 1
+    assert one_error_line(result.stderr).startswith("error: label files: ")
+    assert "loading models" not in result.stdout
+
+
+def test_console_without_ollama_warns_and_goes_on(tmp_path, tiny_models_dir, closed_port):
+    config = write_config(tmp_path, tiny_models_dir, llm={"base_url": f"http://127.0.0.1:{closed_port}"})
+    result = run_cli("--config", str(config), "console", input="/quit\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"warning: no Ollama server answers at http://127.0.0.1:{closed_port} (Connection refused): start it "
+        "(`ollama serve`) or fix [llm] base_url; chatting falls back to describing pictures"]
+    assert "loading models" in result.stdout
+
+
+# ----- describe: output hygiene -------------------------------------------------------------------
+
+
+def _tiff_files(folder: Path) -> tuple[Path, Path]:
+    """A TIFF whose metadata makes Pillow warn (it still decodes), and one whose compressed data makes
+    libtiff's C error handler write to stderr (it is refused)."""
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF", tiffinfo={274: 1})
+    data = bytearray(buffer.getvalue())  # little-endian: "II", then the first IFD's offset
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (entries,) = struct.unpack_from("<H", data, ifd)
+    for at in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if struct.unpack_from("<H", data, at)[0] == 274:
+            struct.pack_into("<I", data, at + 4, 2)  # "Metadata Warning, tag 274 had too many entries: 2"
+    warns = folder / "metadata.tif"
+    warns.write_bytes(bytes(data))
+
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF", compression="tiff_adobe_deflate")
+    data = bytearray(buffer.getvalue())
+    for i in range(20, 2000, 7):
+        data[i] ^= 0xFF  # "ZIPDecode: Decoding error at scanline 0, incorrect data check."
+    corrupt = folder / "corrupt.tif"
+    corrupt.write_bytes(bytes(data))
+    return warns, corrupt
+
+
+def test_describe_keeps_each_image_on_one_line_and_library_chatter_off_stderr(tiny_config_path, photos, tmp_path):
+    odd = tmp_path / "odd\nname\r\x1b[31mred\x1b[0m.jpg"
+    odd.write_bytes(photos["coffee"])
+    undecodable = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.jpg")  # not UTF-8
+    Path(undecodable).write_bytes(photos["rocket"])
+    warns, corrupt = _tiff_files(tmp_path)
+
+    result = run_cli("--config", str(tiny_config_path), "describe", str(odd), undecodable, str(warns), str(corrupt))
+    assert result.returncode == 1  # the corrupt TIFF
+    out = result.stdout.splitlines()
+    assert [line.split(": [Image Attached:")[0] for line in out] == [
+        f"{tmp_path}/odd\\nname\\r\\x1b[31mred\\x1b[0m.jpg", f"{tmp_path}/caf\\xe9.jpg", str(warns)]
+    for line in out:
+        assert LINE.match(line[line.index("[Image Attached:"):]), line
+    assert "\x1b" not in result.stdout + result.stderr
+    [error] = result.stderr.splitlines()  # no Pillow warning with its source path, no libtiff line
+    assert error.startswith(f"{corrupt}: error: ")
+
+
+def test_printable_path_escapes_what_a_terminal_would_act_on():
+    from bot.cli import printable_path
+
+    assert printable_path("photos/cat photo.jpg") == "photos/cat photo.jpg"
+    assert printable_path("a\nb\rc\td\x1b[2Je\x7f.png") == "a\\nb\\rc\\td\\x1b[2Je\\x7f.png"
+    assert printable_path("right-to-left\u202egnp.exe") == "right-to-left\\u202egnp.exe"
+    assert printable_path(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
+    assert printable_path("café 🐧.png") == "café 🐧.png"
