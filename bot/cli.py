@@ -121,30 +121,29 @@ def quiet_library_output() -> Iterator[None]:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from bot.imaging import ImageRejected, decode_image
+    from bot.decode_sandbox import DecodeSandbox
+    from bot.imaging import ImageRejected
     from bot.pipeline import Analyzer
 
     settings = _settings(args)
-    images = settings.images
     decoded, results = [], []
-    for raw_path in args.images:
-        path = Path(raw_path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            results.append({"path": str(path), "error": f"cannot read file: {exc.strerror}"})
-            continue
-        try:
-            with quiet_library_output():
-                image = decode_image(
-                    data, max_bytes=images.max_bytes, max_pixels=images.max_pixels,
-                    target_size=images.target_size,
-                )
-        except ImageRejected as exc:
-            results.append({"path": str(path), "error": exc.user_message})
-            continue
-        results.append({"path": str(path)})
-        decoded.append((len(results) - 1, image))
+    # The same killable decoder processes as the bot: a hostile file cannot hang this command either.
+    with DecodeSandbox.from_settings(settings.images, workers=1) as sandbox:
+        for raw_path in args.images:
+            path = Path(raw_path)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                results.append({"path": str(path), "error": f"cannot read file: {exc.strerror}"})
+                continue
+            try:
+                with quiet_library_output():
+                    image = sandbox.decode(data)
+            except ImageRejected as exc:
+                results.append({"path": str(path), "error": exc.user_message})
+                continue
+            results.append({"path": str(path)})
+            decoded.append((len(results) - 1, image))
 
     if decoded:
         analyzer = Analyzer.from_settings(settings)

@@ -147,8 +147,11 @@ class ImageIngestor:
         self.cache.put(image.key, analysis)
         if self.memory is not None and image.ref is not None:
             try:
+                # While the store is down remember() keeps the analysis in its backlog (in the ledger)
+                # and writes it once the store is back: it does not raise for an outage.
                 await self.memory.remember(image.ref, analysis)
             except Exception:
-                # The analysis still serves the conversation; the ledger keeps it pending for a retry.
+                # Anything else: the analysis still serves the conversation; the ledger keeps the image
+                # pending, to be analysed and stored again at the next start.
                 log.exception("storing %s failed", image.filename)
         return IngestOutcome(image, analysis)

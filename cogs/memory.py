@@ -1,5 +1,10 @@
 """Image memory on Discord: /find, "Find similar", /forget, chat search, and keeping Chroma in sync
-with deletes and edits. Permissions are read here, at query time; the search itself is bot.memory."""
+with deletes and edits. Permissions are read here, at query time; the search itself is bot.memory.
+
+When the memory is down (:class:`bot.errors.MemoryUnavailable`) or the query cannot be embedded
+(:class:`bot.inference.errors.InferenceError`), commands are answered by the tree-level handler
+(cogs/utils/errors.py); the chat search, a plain message, replies with the error's message itself.
+Deletes and edits never fail here: the memory service queues what the store cannot take yet."""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ from discord.ext import commands
 
 from bot.analysis import SENTIMENT_LABELS
 from bot.client import ImageBot
+from bot.errors import UserFacingError
 from bot.memory.intent import SearchIntent
 from bot.memory.service import Audience, Filters, MemoryService
+from cogs.utils.errors import AnsweringView
 from cogs.utils.messages import incoming_images
 from cogs.utils.results import paged
 from cogs.utils.visibility import private_audience, public_audience
@@ -38,7 +45,7 @@ def parse_day(value: str | None, *, field: str) -> datetime | None:
         raise ValueError(f"`{field}` should look like 2026-11-01 or '7 days', not {value!r}.") from None
 
 
-class ForgetConfirm(discord.ui.View):
+class ForgetConfirm(AnsweringView):
     def __init__(self, owner_id: int) -> None:
         super().__init__(timeout=120)
         self.owner_id = owner_id
@@ -192,7 +199,12 @@ class Memory(commands.Cog):
         )
         if await view.wait() or not view.confirmed:  # timed out or cancelled
             return
-        removed = await self.memory.forget(interaction.guild_id, interaction.user.id)
+        try:
+            removed = await self.memory.forget(interaction.guild_id, interaction.user.id)
+        except UserFacingError as exc:  # memory down: the request is queued, and the prompt must not say "Forgetting…"
+            log.info("/forget answered with %s: %s", exc.code, exc)
+            await interaction.edit_original_response(content=exc.user_message)
+            return
         await interaction.edit_original_response(content=f"Done: I forgot {removed} picture(s) you posted in {where}.")
 
     # ----- chat search ("show me the dog picture from last week") -----
@@ -204,7 +216,12 @@ class Memory(commands.Cog):
             intent = intent.without_author()
         audience = public_audience(message.author, message.channel, message.guild)
         filters = Filters(author_id=author_id, since=intent.since, until=intent.until)
-        results = await self.memory.find(intent.query, audience, filters, limit=RESULT_LIMIT)
+        try:
+            results = await self.memory.find(intent.query, audience, filters, limit=RESULT_LIMIT)
+        except UserFacingError as exc:  # memory down, or the query could not be embedded (busy, timeout)
+            log.info("chat search answered with %s: %s", exc.code, exc)
+            await message.reply(exc.user_message, mention_author=False)
+            return
         if not results:
             await message.reply("I couldn't find a picture like that here.", mention_author=False)
             return

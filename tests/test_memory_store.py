@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import shutil
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -399,39 +401,88 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def chroma_server(tmp_path):
-    chroma = Path(sys.executable).with_name("chroma")
-    if not chroma.exists():
+class ChromaServer:
+    """A real ``chroma run`` on 127.0.0.1 that a test can kill (-9) and start again on the same port
+    and data folder (or another folder: a server that lost its data). Also used by
+    tests/test_memory_outage_discord.py."""
+
+    def __init__(self, cli: Path, data: Path, log: Path) -> None:
+        self.cli, self.data, self.log = cli, data, log
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def find_cli() -> Path | None:
+        chroma = Path(sys.executable).with_name("chroma")
+        if chroma.exists():
+            return chroma
         found = shutil.which("chroma")
-        if not found:
-            pytest.skip("the chroma CLI is not installed next to this Python")
-        chroma = Path(found)
-    port = _free_port()
-    log = (tmp_path / "chroma-server.log").open("wb")
-    process = subprocess.Popen(
-        [str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
+        return Path(found) if found else None
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        """Start and wait until it answers its heartbeat (RuntimeError with the log tail if it never does)."""
+        assert self.process is None, "already running"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(self.cli), "run", "--path", str(self.data), "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1):
-                    break
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/heartbeat", timeout=1):
+                    return
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"chroma server did not start: {(tmp_path / 'chroma-server.log').read_text()[-500:]}")
-                time.sleep(0.1)
-        yield port
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"chroma server did not start: {self.log.read_text()[-500:]}") from None
+                time.sleep(0.1)  # polling for start-up, not an assertion
+
+    def kill(self) -> None:
+        """kill -9: no goodbye to open connections, like a crash or an OOM kill."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+@contextlib.contextmanager
+def running_chroma(folder: Path) -> Iterator[ChromaServer]:
+    """A started :class:`ChromaServer` with its data and log in ``folder``, stopped afterwards (skips
+    the test where the chroma CLI is missing or cannot start)."""
+    cli = ChromaServer.find_cli()
+    if cli is None:
+        pytest.skip("the chroma CLI is not installed next to this Python")
+    server = ChromaServer(cli, folder / "server-data", folder / "chroma-server.log")
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        server.stop()
+
+
+@pytest.fixture
+def chroma_process(tmp_path) -> Iterator[ChromaServer]:
+    with running_chroma(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def chroma_server(chroma_process) -> int:
+    return chroma_process.port
 
 
 def test_http_backend_against_a_real_server(tmp_path, chroma_server):
@@ -522,3 +573,96 @@ async def test_a_delete_racing_the_store_write_still_wins(tmp_path, store):
     assert set(store.get(GUILD_A, [2])) == {2}
     assert await memory.pending() == []
     await memory.close()
+
+
+# ----- outages of the HTTP backend -----
+
+def test_a_killed_server_means_memory_unavailable_at_once_and_the_same_store_recovers(tmp_path, chroma_process):
+    """What chromadb 1.5.9 does when the server dies: every call raises httpx.ConnectError (connection
+    refused) within milliseconds. The store turns that into MemoryUnavailable for reads and writes, and
+    the same ImageStore works again once a server is back on the same port and path."""
+    import httpx
+
+    from bot.errors import MemoryUnavailable
+
+    store = ImageStore.open(settings_for(tmp_path, backend="http", port=chroma_process.port, collection_prefix="out"))
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    store.upsert(ref(1), analysis(text, clip))
+    chroma_process.kill()
+    calls = {
+        "search": lambda: search(store, text=text, clip=clip, visible={PUBLIC}),
+        "similar": lambda: store.similar(GUILD_A, clip, visible_channel_ids={PUBLIC}, allow_nsfw=False,
+                                         requester_id=ALICE),
+        "browse": lambda: store.browse(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE),
+        "count": lambda: store.count(GUILD_A),
+        "has": lambda: store.has(GUILD_A, [1]),
+        "upsert": lambda: store.upsert(ref(2), analysis()),
+        "delete": lambda: store.delete_message(GUILD_A, ref(1).message_id),
+        "forget": lambda: store.forget_user(GUILD_A, ALICE),
+        "spaces": lambda: store.spaces(),
+    }
+    for name, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(MemoryUnavailable) as raised:
+            call()
+        assert time.monotonic() - started < 2.0, name  # refused at once, not a timeout (measured: ~1 ms)
+        assert isinstance(raised.value.__cause__, httpx.TransportError), name
+        assert raised.value.code == "memory_unavailable"
+
+    chroma_process.start()  # same port, same data folder
+    assert ids(search(store, text=text, clip=clip, visible={PUBLIC})) == [1]
+    store.upsert(ref(2), analysis())
+    assert store.has(GUILD_A, [1, 2]) == {1, 2}
+
+    # A server that comes back without its data: the cached collections are stale, the store notices.
+    chroma_process.kill()
+    with pytest.raises(MemoryUnavailable):
+        store.count(GUILD_A)
+    chroma_process.data = tmp_path / "fresh-data"
+    chroma_process.start()
+    assert store.count(GUILD_A) == 0
+    store.upsert(ref(3), analysis())
+    assert store.has(GUILD_A, [1, 3]) == {3}
+    # The same, with no call while it was down: the first call finds its cached collection gone.
+    chroma_process.kill()
+    chroma_process.data = tmp_path / "fresh-again"
+    chroma_process.start()
+    assert store.has(GUILD_A, [3]) == set()
+    store.upsert(ref(4), analysis())
+    assert store.count(GUILD_A) == 1
+
+
+def test_a_store_opened_while_chroma_is_down_connects_when_it_comes_up(tmp_path, chroma_process):
+    from bot.errors import MemoryUnavailable
+
+    chroma_process.kill()
+    store = ImageStore.open(settings_for(tmp_path, backend="http", port=chroma_process.port, collection_prefix="late"))
+    with pytest.raises(MemoryUnavailable):
+        store.upsert(ref(1), analysis())
+    chroma_process.start()
+    store.upsert(ref(1), analysis())
+    assert store.count(GUILD_A) == 1
+
+
+def test_a_hung_server_times_out_instead_of_blocking_forever(tmp_path, chroma_process, monkeypatch):
+    """chromadb's own HTTP client has no timeout: a server that accepts but never answers (stopped,
+    swapping, a dead network path) would keep /find "thinking" forever. The store's client times out."""
+    import signal
+
+    import httpx
+
+    from bot.errors import MemoryUnavailable
+    from bot.memory import store as store_module
+
+    monkeypatch.setattr(store_module, "HTTP_TIMEOUT", httpx.Timeout(1.0, connect=1.0))
+    store = ImageStore.open(settings_for(tmp_path, backend="http", port=chroma_process.port, collection_prefix="hung"))
+    store.upsert(ref(1), analysis())
+    assert chroma_process.process is not None
+    chroma_process.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(MemoryUnavailable) as raised:
+            store.count(GUILD_A)
+        assert isinstance(raised.value.__cause__, httpx.TimeoutException)
+    finally:
+        chroma_process.process.send_signal(signal.SIGCONT)
+    assert store.count(GUILD_A) == 1

@@ -34,29 +34,44 @@ text query by mistake raises instead of downloading.
 
 The core is synchronous (Chroma's clients block); :class:`AsyncImageStore` runs each call in a
 worker thread for the bot's event loop.
+
+Outages (HTTP backend; measured against a real ``chroma run`` with chromadb 1.5.9, see
+``tests/test_memory_store.py``): a killed server makes every call raise ``httpx.ConnectError``
+within a millisecond (connection refused), a hung one blocks forever (chromadb builds its
+``httpx.Client`` with ``timeout=None``) and creating a client while it is down raises ``ValueError``
+("Could not connect to a Chroma server"). Every public method turns these into
+:class:`bot.errors.MemoryUnavailable`, the client gets :data:`HTTP_TIMEOUT`, and the client is made
+lazily, so the bot starts while Chroma is down and connects on the first call that finds it back.
+The same client and collections work again after the server restarts on the same port and path;
+a server that comes back with other data (new collection ids) is handled by dropping the cached
+collections after an outage and once more on ``NotFoundError``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import chromadb
+import httpx
 import numpy as np
 from chromadb.api import ClientAPI
+from chromadb.api.base_http_client import BaseHTTPClient
 from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
 from bot.analysis import ImageAnalysis
 from bot.config import Settings
+from bot.errors import MemoryUnavailable
 from bot.memory.records import ImageRef, Metadata, StoredImage, from_metadata, record_id, to_metadata
 
 log = logging.getLogger(__name__)
@@ -74,6 +89,16 @@ MAX_FETCH = 1000
 # browse(): newest-first pages read back in these time slices, then the rest.
 BROWSE_SLICES = (timedelta(days=1), timedelta(days=7), timedelta(days=30), timedelta(days=120), timedelta(days=480))
 Vector = Sequence[float] | np.ndarray
+# The HTTP client's limits. Connect: a live server on the LAN accepts in well under a second, so 2 s
+# means "down" (a refused connection fails at once anyway). Read/write: the slowest single request
+# measured is a where-clause vector query at 100k records (~2.3 s, bench/results/find.md) and a
+# 5000-record upsert chunk (~10 s at 510 records/s); 20 s leaves room for both on a busy box while a
+# hung server costs a /find 20 s instead of forever.
+HTTP_TIMEOUT = httpx.Timeout(20.0, connect=2.0)
+# A batch size to use until the first connection tells the server's own (HTTP backend only).
+DEFAULT_BATCH = 1000
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -188,13 +213,66 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
+def _reachable(method: Callable[Concatenate[ImageStore, _P], _R]) -> Callable[Concatenate[ImageStore, _P], _R]:
+    """A public store method whose "Chroma unreachable" errors become :class:`MemoryUnavailable`.
+
+    Every error below ``httpx.TransportError`` means the request did not complete (refused, reset,
+    timed out); chromadb lets them through unwrapped. A ``NotFoundError`` from a cached collection
+    means the server lost it (restarted with other data, or it was dropped): the cache is cleared and
+    the call runs once more, which then sees the collection as missing (or creates it, for writes).
+    Every store call is idempotent, so running one again is safe.
+    """
+
+    @functools.wraps(method)
+    def call(self: ImageStore, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            try:
+                return method(self, *args, **kwargs)
+            except NotFoundError:
+                if not self._forget_collections():
+                    raise
+                log.info("a cached Chroma collection is gone; reopening the collections")
+                return method(self, *args, **kwargs)
+        except httpx.TransportError as exc:
+            self._forget_collections()
+            raise MemoryUnavailable(detail=f"Chroma unreachable in {method.__name__}: {exc!r}") from exc
+
+    return call
+
+
+def _http_client(host: str, port: int, chroma_settings: ChromaSettings) -> ClientAPI:
+    """An HttpClient with :data:`HTTP_TIMEOUT`, or :class:`MemoryUnavailable` (fast) when the server is down.
+
+    A heartbeat with the short timeout goes first: chromadb's own constructor talks to the server
+    with no timeout at all, and reports a refused connection only as a ``ValueError``."""
+    base = BaseHTTPClient.resolve_url(chroma_server_host=host, chroma_server_http_port=port,
+                                      default_api_path=chroma_settings.chroma_server_api_default_path)
+    try:
+        httpx.get(f"{base}/heartbeat", timeout=HTTP_TIMEOUT).raise_for_status()
+        client = chromadb.HttpClient(host=host, port=port, settings=chroma_settings)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise MemoryUnavailable(detail=f"cannot connect to Chroma at {base}: {exc!r}") from exc
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = HTTP_TIMEOUT  # collections share their client's session
+    else:  # a chromadb upgrade moved it: calls still work, but a hung server would block them
+        log.warning("cannot set a timeout on the Chroma HTTP client (%s)", type(session).__name__)
+    return client
+
+
 class ImageStore:
-    """Synchronous image memory over any Chroma client (embedded or HTTP: same code after opening)."""
+    """Synchronous image memory over any Chroma client (embedded or HTTP: same code after opening).
+
+    Give either a ``client`` or a ``connect`` function that makes one: the store then connects on
+    first use, and again on each call until a connection succeeds (the HTTP backend, so that the bot
+    can start while Chroma is down).
+    """
 
     def __init__(
         self,
-        client: ClientAPI,
+        client: ClientAPI | None = None,
         *,
+        connect: Callable[[], ClientAPI] | None = None,
         prefix: str = "imagebot",
         visibility_mode: Literal["postfilter", "where"] = "postfilter",
     ) -> None:
@@ -203,26 +281,68 @@ class ImageStore:
                 f"memory.collection_prefix {prefix!r}: use 1-200 letters, digits, '_' or '-', starting with a letter "
                 "or digit"
             )
-        self.client = client
+        if (client is None) == (connect is None):
+            raise ValueError("give ImageStore a client or a connect function")
+        self._client: ClientAPI | None = None
+        self._connect = connect
         self.prefix = prefix
         self.visibility_mode = visibility_mode  # "where" exists to measure the alternative; keep "postfilter"
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()
-        self._batch = max(1, min(5000, client.get_max_batch_size()))
+        self._batch = DEFAULT_BATCH
+        if client is not None:
+            self._use(client)
 
     @classmethod
     def open(cls, settings: Settings) -> ImageStore:
-        """Embedded PersistentClient at ``memory.path``, or HttpClient to ``memory.host:port``."""
+        """Embedded PersistentClient at ``memory.path``, or HttpClient to ``memory.host:port``.
+
+        The HTTP backend connects here if it can; if Chroma is down the store is still returned, every
+        call raises :class:`MemoryUnavailable` until the server answers, and then it just works."""
         memory = settings.memory
         chroma_settings = ChromaSettings(anonymized_telemetry=False)
-        client: ClientAPI
         if memory.backend == "http":
-            client = chromadb.HttpClient(host=memory.host, port=memory.port, settings=chroma_settings)
-        else:
-            path = settings.resolve_path(memory.path)
-            path.mkdir(parents=True, exist_ok=True)
-            client = chromadb.PersistentClient(path=str(path), settings=chroma_settings)
-        return cls(client, prefix=memory.collection_prefix)
+            store = cls(connect=lambda: _http_client(memory.host, memory.port, chroma_settings),
+                        prefix=memory.collection_prefix)
+            try:
+                store.connect()  # now, so that a healthy start-up pays no first-call delay
+            except MemoryUnavailable as exc:
+                log.warning("the Chroma server is unreachable; starting without it and retrying: %s", exc)
+            return store
+        path = settings.resolve_path(memory.path)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(chromadb.PersistentClient(path=str(path), settings=chroma_settings), prefix=memory.collection_prefix)
+
+    # ----- the connection -----
+
+    @property
+    def client(self) -> ClientAPI:
+        """The Chroma client, connecting first if needed (:class:`MemoryUnavailable` if that fails)."""
+        return self._client if self._client is not None else self.connect()
+
+    def connect(self) -> ClientAPI:
+        """Connect unless connected; :class:`MemoryUnavailable` while the server cannot be reached."""
+        with self._lock:
+            if self._client is None:
+                assert self._connect is not None
+                try:
+                    self._use(self._connect())
+                except httpx.TransportError as exc:  # the server went away between the heartbeat and here
+                    raise MemoryUnavailable(detail=f"cannot connect to Chroma: {exc!r}") from exc
+                log.info("connected to the Chroma server")
+            assert self._client is not None
+            return self._client
+
+    def _use(self, client: ClientAPI) -> None:
+        self._batch = max(1, min(5000, client.get_max_batch_size()))
+        self._client = client
+
+    def _forget_collections(self) -> bool:
+        """Drop the cached collection handles (they are looked up again); False if there were none."""
+        with self._lock:
+            had = bool(self._collections)
+            self._collections.clear()
+            return had
 
     # ----- spaces and collections -----
 
@@ -257,6 +377,7 @@ class ImageStore:
             self._collection(self.collection_name(guild_id, user_id, "clip"), create=create),
         )
 
+    @_reachable
     def spaces(self) -> list[tuple[int | None, int | None]]:
         """Every (guild_id, dm_user_id) space this prefix has in the database."""
         found: set[tuple[int | None, int | None]] = set()
@@ -275,9 +396,11 @@ class ImageStore:
 
     # ----- writes -----
 
+    @_reachable
     def upsert(self, ref: ImageRef, analysis: ImageAnalysis) -> None:
         self.upsert_many([(ref, analysis)])
 
+    @_reachable
     def upsert_many(self, items: Iterable[tuple[ImageRef, ImageAnalysis]]) -> int:
         """Store (or overwrite) images keyed by attachment id; replaying never duplicates. Returns the count."""
         by_space: dict[tuple[int | None, int | None], dict[str, tuple[ImageRef, ImageAnalysis]]] = {}
@@ -305,6 +428,7 @@ class ImageStore:
                 total += len(rows)
         return total
 
+    @_reachable
     def has(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None) -> set[int]:
         """Which of these attachments are fully stored (so re-processing can skip them)."""
         wanted = [record_id(i) for i in dict.fromkeys(attachment_ids)]
@@ -340,6 +464,7 @@ class ImageStore:
                 ids.update(rid for rid, _, _ in self._scan(collection, where, with_vectors=False))
         return sorted(ids)
 
+    @_reachable
     def delete_attachments(
         self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
     ) -> int:
@@ -347,6 +472,7 @@ class ImageStore:
         ids = [record_id(i) for i in attachment_ids]
         return sum(self._delete_ids(*space, ids) for space in self._spaces_for(guild_id, user_id))
 
+    @_reachable
     def delete_messages(self, guild_id: int | None, message_ids: Iterable[int], *, user_id: int | None = None) -> int:
         """Forget every image of these messages (a bulk delete); returns how many images went."""
         messages = sorted({int(i) for i in message_ids})
@@ -358,9 +484,11 @@ class ImageStore:
                     removed += self._delete_ids(*space, self._ids_where(*space, where))
         return removed
 
+    @_reachable
     def delete_message(self, guild_id: int | None, message_id: int, *, user_id: int | None = None) -> int:
         return self.delete_messages(guild_id, [message_id], user_id=user_id)
 
+    @_reachable
     def sync_message(
         self,
         guild_id: int | None,
@@ -378,6 +506,7 @@ class ImageStore:
                 removed += self._delete_ids(*space, gone)
         return removed
 
+    @_reachable
     def forget_user(self, guild_id: int | None, user_id: int) -> int:
         """Forget everything ``user_id`` posted in one guild, or (guild_id None) in their DMs with the bot.
 
@@ -387,6 +516,7 @@ class ImageStore:
             space = (guild_id, None if guild_id is not None else user_id)
             return self._delete_ids(*space, self._ids_where(*space, {"author": int(user_id)}))
 
+    @_reachable
     def forget_user_everywhere(self, user_id: int) -> int:
         """Forget the user's images in every guild space and their DM space (a data-deletion request)."""
         total = 0
@@ -399,6 +529,7 @@ class ImageStore:
 
     # ----- reads -----
 
+    @_reachable
     def search(
         self,
         guild_id: int | None,
@@ -466,6 +597,7 @@ class ImageStore:
             if rid in records and visibility.allows(records[rid])  # no text record: an orphaned index entry
         ]
 
+    @_reachable
     def similar(
         self,
         guild_id: int | None,
@@ -497,6 +629,7 @@ class ImageStore:
             if c.rid in records and visibility.allows(records[c.rid])
         ]
 
+    @_reachable
     def get(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
             ) -> dict[int, StoredImage]:
         """Stored records by attachment id (no visibility check: for the bot's own bookkeeping)."""
@@ -504,6 +637,7 @@ class ImageStore:
         records = self._records(text, [record_id(i) for i in attachment_ids])
         return {int(rid): from_metadata(meta) for rid, meta in records.items()}
 
+    @_reachable
     def browse(
         self,
         guild_id: int | None,
@@ -559,6 +693,7 @@ class ImageStore:
         records = self._records(text, page)
         return [from_metadata(records[rid]) for rid in page if rid in records and visibility.allows(records[rid])]
 
+    @_reachable
     def count(
         self,
         guild_id: int | None,
@@ -589,6 +724,7 @@ class ImageStore:
             return clip.count()
         return len(clip.get(where=where, include=[])["ids"])  # ids only: no per-record SQL variables
 
+    @_reachable
     def images(
         self,
         guild_id: int | None,
@@ -616,6 +752,7 @@ class ImageStore:
         ordered = sorted(rows.items(), key=lambda row: (int(row[1]["created_ts"]), int(row[0])))
         return [from_metadata(meta) for _, meta in ordered]
 
+    @_reachable
     def caption_vectors(self, guild_id: int | None, *, user_id: int | None = None
                         ) -> tuple[list[StoredImage], np.ndarray]:
         """Every record of one space with its caption vector, oldest first (no visibility check: for

@@ -9,6 +9,7 @@ import discord
 
 from bot.memory.records import StoredImage
 from bot.memory.store import SearchHit
+from cogs.utils.errors import AnsweringView
 
 PAGE_SIZE = 4  # embeds per page: each carries a thumbnail, so keep pages glanceable
 
@@ -44,8 +45,9 @@ def result_embeds(results: Sequence[SearchHit | StoredImage]) -> list[discord.Em
     return embeds
 
 
-class ResultPages(discord.ui.View):
-    """◀ / ▶ through result embeds; only the person who asked can turn the pages."""
+class ResultPages(AnsweringView):
+    """◀ / ▶ through result embeds; only the person who asked can turn the pages (a failing button is
+    answered like a failing command, cogs/utils/errors.py)."""
 
     def __init__(self, embeds: list[discord.Embed], owner_id: int, *, timeout: float = 300.0) -> None:
         super().__init__(timeout=timeout)
