@@ -11,12 +11,20 @@ The pipeline, in order, and why:
 1. Cheap byte checks (empty, ``max_bytes``) before anything touches Pillow.
 2. Magic-byte sniffing; refuse anything not in :data:`ACCEPTED_FORMATS` with a message
    that says what the file actually looked like ("a PDF document", "an HEIC photo").
-3. ``Image.open`` restricted to the sniffed plugin.  This parses headers only, so the
+3. A structural pre-scan of the container (JPEG segments and scans, PNG chunks, GIF
+   blocks, WebP chunks, the first TIFF/Exif IFD, BMP RLE size) that refuses files whose
+   *structure* would make Pillow's pure-Python parsers or libjpeg's scan loop run for
+   seconds or allocate hundreds of MB (:class:`TooMuchMetadata`).  It follows length
+   fields and uses ``re`` searches (over the scans of a progressive JPEG, to find the
+   markers between them), decodes nothing, and costs microseconds (about 0.3 ms per MB of
+   progressive JPEG); see "Structural limits" below for every limit and why it is where
+   it is.
+4. ``Image.open`` restricted to the sniffed plugin.  This parses headers only, so the
    pixel count is checked *before* a single pixel is decoded (decompression bombs).
-4. For JPEG, ``draft()`` asks libjpeg to decode at 1/2, 1/4 or 1/8 scale directly in the
+5. For JPEG, ``draft()`` asks libjpeg to decode at 1/2, 1/4 or 1/8 scale directly in the
    DCT domain; a 6000x4000 photo is then decoded as 1500x1000 which is both the main
    speed win and a large memory saving.
-5. Normalise the colour mode (palette, 1-bit, 16-bit, float, CMYK, alpha, ...), resize
+6. Normalise the colour mode (palette, 1-bit, 16-bit, float, CMYK, alpha, ...), resize
    with a proper filter, flatten transparency over *white* (what Discord shows), then
    apply the EXIF orientation last, on the small image, where a transpose is nearly free.
 
@@ -38,9 +46,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import ClassVar, Final
-
-from bot.errors import UserFacingError
+from typing import ClassVar, Final, Literal
 
 from PIL import (
     BmpImagePlugin,  # noqa: F401  (imported for its side effect: registers the plugin)
@@ -52,6 +58,8 @@ from PIL import (
     WebPImagePlugin,  # noqa: F401
     features,
 )
+
+from bot.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,7 @@ __all__ = [
     "ImageRejected",
     "ImageTooLarge",
     "ImageTooManyPixels",
+    "TooMuchMetadata",
     "UnsupportedImageType",
     "decode_image",
     "describe_format",
@@ -227,6 +236,19 @@ class CorruptImage(ImageRejected):
     default_message = (
         "That image seems to be damaged or incomplete, so I couldn't open it — "
         "could you try uploading it again?"
+    )
+
+
+class TooMuchMetadata(ImageRejected):
+    """The file's structure is far beyond what any real image needs: floods of metadata
+    segments/chunks/blocks, a scan repeated thousands of times, metadata that inflates to
+    hundreds of MB.  Refused by the structural pre-scan before Pillow walks it (or, for
+    compressed PNG metadata, when Pillow's own inflate limit trips)."""
+
+    code = "too_much_metadata"
+    default_message = (
+        "That image carries too much hidden metadata for me to open safely — "
+        "could you re-save or screenshot it and send that?"
     )
 
 
@@ -409,6 +431,464 @@ def describe_format(detected: str | None) -> str:
     return _DESCRIPTIONS.get(detected, f"a {detected} file")
 
 
+# --------------------------------------------------------------------------- structural limits
+#
+# Pillow parses container structure (JPEG marker segments, PNG chunks, GIF extension
+# blocks, TIFF/Exif IFD entries, BMP RLE codes) in pure Python, one small step per
+# element, and keeps much of it in memory; libjpeg decodes every scan of a JPEG over the
+# whole image.  A 25 MB file can hold millions of such elements, so these limits bound the
+# *count* of elements first and their bytes second.  Each is set well above anything a
+# real camera, phone, editor or encoder writes, and low enough that what is left stays
+# in the low milliseconds inside Pillow.  "Measured" figures: Pillow 13.0 / libjpeg-turbo
+# 3.2 on one core of the development machine, through decode_image() before these limits.
+
+#: JPEG marker segments walked (APPn, COM, tables, SOF, scans, stand-alone markers such as
+#: RSTn; before the first scan *and* between the scans of the primary image).  Real files:
+#: 10-40 (a 10-scan progressive file included); ICC profiles and Extended XMP (Google's
+#: depth/"Lens Blur" data) are split into 64 KB segments, a few hundred at the very most.
+#: Measured: 200k tiny Exif segments 0.7 s, 2M COM/APP5 segments 1.5-1.9 s and 300-400 MB,
+#: 12M stand-alone RST0 markers 4.3 s -- all Python steps in JpegImagePlugin._open.
+MAX_JPEG_SEGMENTS: Final = 1_000
+
+#: Junk and 0xFF fill bytes between header segments, which Pillow skips one byte per loop
+#: turn (measured 0.3 us/byte: 24 MB of fill 7.6 s).  Real files: none, or a few bytes
+#: of padding left by an editor.  64 KB costs Pillow ~20 ms.
+MAX_JPEG_PADDING_BYTES: Final = 64 * 1024
+
+#: Payload bytes of APPn/COM segments before the first scan, all of which Pillow keeps in
+#: memory (``applist``, ``app``, ``info``).  Real files: Exif <= 64 KB, XMP <= 64 KB, ICC
+#: usually < 1 MB, Extended XMP up to ~5-8 MB (Google "Lens Blur" embeds the original
+#: photo, base64).  MPO/Ultra-HDR gain maps and Samsung trailers sit *after* the primary
+#: image and do not count.  16 MB is twice the largest of those.
+MAX_JPEG_METADATA_BYTES: Final = 16 * 1024 * 1024
+
+#: Payload bytes of the table/frame segments before the first scan (DQT, DHT, SOFn, DRI,
+#: DAC, ...).  Pillow parses DQT and SOF byte by byte in Python and appends every SOF
+#: component to a list that is never reset.  Real files: 0.5-2 KB (4 quantisation and
+#: 4 Huffman tables).  Measured: 370 x 64 KB DQT 0.9 s; 400 x 64 KB SOF 1.7 s and 760 MB.
+MAX_JPEG_TABLE_BYTES: Final = 64 * 1024
+
+#: APP1 "Exif" segments.  Pillow concatenates them with ``bytes +=`` (quadratic: 200k
+#: 12-byte segments took 0.7 s, 2M over a minute at 700+ MB).  The Exif standard allows
+#: exactly one; 4 tolerates editors that leave a stale copy.
+MAX_JPEG_EXIF_SEGMENTS: Final = 4
+
+#: APP13 "Photoshop 3.0" segments, whose 8BIM resources Pillow parses in a Python loop (up
+#: to 5,400 per 64 KB segment; measured 300 segments 1.0 s).  Photoshop writes one, and
+#: splits a large resource block over a few.
+MAX_JPEG_PHOTOSHOP_SEGMENTS: Final = 8
+
+#: Scans (SOS markers) in the primary image.  Baseline: 1; sequential multi-scan: one per
+#: component; libjpeg's progressive script: 6 (grey) or 10 (colour); mozjpeg: ~10-15.
+#: Measured: a 4096x4096 progressive grey JPEG whose last 33-byte scan is repeated 1,000
+#: times decodes for 7.2 s (libjpeg walks every 8x8 block once per scan, ~27 ns each).
+MAX_JPEG_SCANS: Final = 100
+
+#: Sum over all scans of the 8x8 blocks each scan covers -- the scan loop's real work, so
+#: that big images get fewer scans than small ones.  libjpeg's progressive script costs
+#: 14 "luma-block passes" at 4:4:4 (8 at 4:2:0): 10.9M block-scans for a 50 MP photo (the
+#: default ``max_pixels``).  24M is 2.2x that; measured at the limit (91 scans of a 16 MP
+#: grey image, 23.9M block-scans) the whole decode takes 0.5 s.
+MAX_JPEG_SCAN_BLOCKS: Final = 24_000_000
+
+#: PNG chunks up to IEND.  Pillow spends ~1 us of Python per chunk (IDAT included: a
+#: 25 MB PNG of 1-byte IDAT chunks took 2.0 s and 320 MB).  Real files: libpng writes
+#: 8 KB IDAT chunks (3,200 for 25 MB), row-flushing encoders one per row (~7,000 at
+#: 50 MP), APNG 2 per frame.  50,000 costs Pillow ~50 ms.
+MAX_PNG_CHUNKS: Final = 50_000
+
+#: PNG chunks that are not image data or animation control (tEXt, zTXt, iTXt, iCCP, eXIf,
+#: gAMA, pHYs, private chunks...).  Pillow keeps every text and private chunk in
+#: dicts/lists (1M tEXt: 1.6 s; 1M private chunks: 2.0 s and 200 MB).  Real files: < 20.
+MAX_PNG_METADATA_CHUNKS: Final = 1_000
+
+#: Payload bytes of those chunks (compressed, as stored).  Pillow holds them in memory;
+#: Adobe Fireworks' private chunks and large ICC profiles are the biggest real ones.
+MAX_PNG_METADATA_BYTES: Final = 16 * 1024 * 1024
+
+#: zTXt, iTXt and iCCP chunks.  Pillow inflates each to at most ``MAX_TEXT_CHUNK``
+#: (1 MB; more raises "Decompressed data too large", reported as TooMuchMetadata) and
+#: all to ``MAX_TEXT_MEMORY`` (64 MB) -- process-wide settings we leave alone; capping
+#: the count bounds what a file can make Pillow inflate at 32 MB.  Real files: 1-5
+#: (XMP, ImageMagick's "Raw profile" chunks, an ICC profile).
+MAX_PNG_COMPRESSED_CHUNKS: Final = 32
+
+#: GIF data sub-blocks walked (image data and extensions, up to MAX_COUNTED_FRAMES
+#: frames).  Encoders write 255-byte sub-blocks: ~100k for a 25 MB GIF.  Our own walk costs
+#: ~50 ns per sub-block (12M 1-byte sub-blocks: 0.6 s); 400k bounds it at ~20 ms.
+MAX_GIF_SUB_BLOCKS: Final = 400_000
+
+#: Extension sub-blocks (comments, application data, graphic control).  Those before
+#: the first frame are read by Pillow in Python and comments are kept in a list (12M
+#: comment sub-blocks: 3.7 s and 1.1 GB).  Real files: one GCE per frame (10k frames:
+#: 10k) plus a few hundred for an XMP packet.
+MAX_GIF_EXTENSION_SUB_BLOCKS: Final = 50_000
+
+#: Comment bytes in all comment extensions.  Real GIFs carry a line ("Created with
+#: GIMP"), if anything.
+MAX_GIF_COMMENT_BYTES: Final = 1024 * 1024
+
+#: Junk bytes before the first frame, which Pillow skips one per loop turn (24 MB: 1.4 s).
+MAX_GIF_JUNK_BYTES: Final = 64 * 1024
+
+#: Top-level RIFF chunks of a WebP (one ANMF per animation frame).  libwebp's demuxer is C
+#: and fast, but allocates a record per frame (500k frames: +110 MB); our walk costs
+#: ~0.3 us per chunk.  Real files: 1-5 chunks, or one per frame.
+MAX_WEBP_CHUNKS: Final = 50_000
+
+#: Entries in the first IFD of a TIFF file or of an Exif block (JPEG APP1, PNG eXIf, WebP
+#: EXIF), which Pillow reads one by one in Python, twice (at open and in getexif(): 49k
+#: entries took 0.3 s; BigTIFF allows 2**64 declared).  Real files: 10-60, DNG ~200.
+MAX_TIFF_TAGS: Final = 1_000
+
+#: Compressed bytes of an RLE4/RLE8 BMP.  Pillow decodes BMP RLE in Python, one 2-byte
+#: code per loop turn (24 MB of 1-pixel runs: 6.0 s, ~0.25 s per MB).  RLE BMPs are
+#: icons and legacy art, far below 1 MB.
+MAX_BMP_RLE_BYTES: Final = 1024 * 1024
+
+_BMP_RLE_MESSAGE: Final = (
+    "That BMP image is compressed in an old way that's too slow for me to open safely — "
+    "could you save it as a PNG or JPEG and send that?"
+)
+
+# Pillow's own limits on inflating PNG text/ICC chunks, as they read in its ValueErrors.
+_PILLOW_METADATA_LIMIT: Final = re.compile(
+    r"decompressed data too large|too much memory used in text chunks", re.IGNORECASE
+)
+
+
+def _too_much(fmt: str, what: str, limit: int) -> TooMuchMetadata:
+    return TooMuchMetadata(detail=f"{fmt}: more than {limit:,} {what}")
+
+
+def _check_structure(data: bytes, fmt: str, max_pixels: int) -> int | None:
+    """Refuse (:class:`TooMuchMetadata`) files whose structure exceeds the limits above.
+
+    Only walks headers: a truncated or garbled file simply ends the walk, and Pillow then
+    judges it.  Returns the GIF frame count (capped at :data:`MAX_COUNTED_FRAMES`) since
+    the GIF walk counts them anyway; ``None`` for other formats.
+    """
+    if fmt == "JPEG":
+        _scan_jpeg(data, max_pixels)
+    elif fmt == "PNG":
+        _scan_png(data)
+    elif fmt == "GIF":
+        return _scan_gif(data)
+    elif fmt == "WEBP":
+        _scan_webp(data)
+    elif fmt == "TIFF":
+        if _tiff_ifd0_entries(data, 0) > MAX_TIFF_TAGS:
+            raise _too_much(fmt, "tags in the first IFD", MAX_TIFF_TAGS)
+    elif fmt == "BMP":
+        _scan_bmp(data)
+    return None
+
+
+# Header part (Pillow's walk): the next 0xFF followed by a marker byte.  0xFF fill bytes,
+# 0xFF00 pairs and other junk in between are skipped, exactly as JpegImagePlugin does.
+_JPEG_MARKER: Final = re.compile(rb"\xff[^\x00\xff]")
+# After a scan header (libjpeg's walk): entropy-coded data never contains 0xFF followed
+# by anything but 0x00 (stuffing) or RST0-7, so this finds the marker that ends the scan.
+_JPEG_MARKER_AFTER_SCAN: Final = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_SOS: Final = 0xDA
+_JPEG_TEM: Final = 0x01  # stand-alone to libjpeg, an error to Pillow
+_JPEG_EOI: Final = 0xD9
+# Markers without a length field, per Pillow's table (JPG, RST0-7, SOI, EOI, JPG0-13);
+# anything below 0xC0 makes Pillow stop with "no marker found".
+_JPEG_STANDALONE: Final = frozenset({0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)})
+_JPEG_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_PROGRESSIVE_SOF: Final = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+def _scan_jpeg(data: bytes, max_pixels: int) -> None:
+    """Count segments, metadata and scans of the primary image (up to its EOI).
+
+    Segments are skipped by their length field, which is what both Pillow and libjpeg do
+    (libjpeg errors out where a table's content disagrees with its length), so the count
+    of scans is the count libjpeg would decode.  Anything after the primary image's EOI --
+    an MPO's second image, a gain map, a phone maker's trailer -- is not looked at.
+    """
+    n = len(data)
+    pos = 2  # after SOI; Pillow reads the next marker from the 0xFF at offset 2
+    segments = padding = metadata = tables = 0
+    exif_parts: list[bytes] = []
+    photoshop = 0
+    sof = -1
+    while True:  # header segments, as JpegImagePlugin._open walks them
+        # Look no further than the padding still allowed, so 24 MB of fill bytes costs
+        # the same few microseconds as 64 KB.
+        window = pos + MAX_JPEG_PADDING_BYTES - padding + 2
+        match = _JPEG_MARKER.search(data, pos, window)
+        if match is None:
+            if window < n:
+                raise _too_much("JPEG", "padding bytes between segments", MAX_JPEG_PADDING_BYTES)
+            return  # truncated: Pillow says so
+        start = match.start()
+        padding += start - pos
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise _too_much("JPEG", "marker segments", MAX_JPEG_SEGMENTS)
+        marker = data[start + 1]
+        if marker < 0xC0:
+            return  # Pillow: "no marker found"
+        if marker in _JPEG_STANDALONE:
+            pos = start + 2
+            continue
+        length = int.from_bytes(data[start + 2 : start + 4], "big")
+        if length < 2 or start + 4 > n:
+            return  # Pillow reads the rest of the file as this segment, then stops
+        if marker == _JPEG_SOS:
+            break
+        payload = start + 4
+        if 0xE0 <= marker <= 0xEF or marker == 0xFE:  # APPn, COM
+            metadata += length - 2
+            if metadata > MAX_JPEG_METADATA_BYTES:
+                raise _too_much("JPEG", "bytes of metadata segments", MAX_JPEG_METADATA_BYTES)
+            if marker == 0xE1 and data.startswith(b"Exif\x00\x00", payload):
+                exif_parts.append(data[payload + (6 if exif_parts else 0) : start + 2 + length])
+                if len(exif_parts) > MAX_JPEG_EXIF_SEGMENTS:
+                    raise _too_much("JPEG", "Exif segments", MAX_JPEG_EXIF_SEGMENTS)
+            elif marker == 0xED and data.startswith(b"Photoshop 3.0\x00", payload):
+                photoshop += 1
+                if photoshop > MAX_JPEG_PHOTOSHOP_SEGMENTS:
+                    raise _too_much("JPEG", "Photoshop segments", MAX_JPEG_PHOTOSHOP_SEGMENTS)
+        else:
+            tables += length - 2
+            if tables > MAX_JPEG_TABLE_BYTES:
+                raise _too_much("JPEG", "bytes of table segments", MAX_JPEG_TABLE_BYTES)
+            if marker in _JPEG_SOF:
+                sof = start
+        pos = start + 2 + length
+
+    # Pillow concatenates the Exif segments (minus the repeated header) and walks IFD0.
+    if exif_parts and _tiff_ifd0_entries(b"".join(exif_parts), 6) > MAX_TIFF_TAGS:
+        raise _too_much("JPEG", "Exif tags in IFD0", MAX_TIFF_TAGS)
+
+    # Scans and what sits between them, as libjpeg reads them, up to the first EOI.
+    width, height, components, blocks = _jpeg_frame(data, sof)
+    if width * height > max_pixels:
+        return  # the header check refuses it next, with a better message
+    progressive = sof >= 0 and data[sof + 1] in _JPEG_PROGRESSIVE_SOF
+    if not progressive and start + 4 < n and data[start + 4] >= components:
+        # A sequential first scan that covers every component: libjpeg decodes the image
+        # in one pass and stops with an error at any second SOS (jdinput.c), so there is
+        # nothing to count -- and baseline photos skip the walk over their data.
+        return
+    every_component = sum(blocks.values())
+    scans = scan_blocks = 0
+    while True:
+        marker = data[start + 1]
+        if marker == _JPEG_EOI:
+            return
+        if marker == _JPEG_SOS:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise _too_much("JPEG", "scans", MAX_JPEG_SCANS)
+            count = data[start + 4] if start + 4 < n else 0
+            ids = data[start + 5 : start + 5 + 2 * count : 2]
+            scan_blocks += sum(blocks.get(c, every_component) for c in ids)
+            if scan_blocks > MAX_JPEG_SCAN_BLOCKS:
+                raise _too_much("JPEG", "8x8 blocks decoded over all scans", MAX_JPEG_SCAN_BLOCKS)
+        if marker in _JPEG_STANDALONE or marker == _JPEG_TEM:
+            pos = start + 2  # (libjpeg skips TEM; it stops at the others, so this over-counts)
+        elif marker < 0xC0:
+            return  # libjpeg: unknown marker, decoding stops
+        else:
+            length = int.from_bytes(data[start + 2 : start + 4], "big")
+            if length < 2:
+                return  # libjpeg: bad length, decoding stops
+            pos = start + 2 + length
+        match = _JPEG_MARKER_AFTER_SCAN.search(data, pos)
+        if match is None:
+            return
+        start = match.start()
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise _too_much("JPEG", "marker segments", MAX_JPEG_SEGMENTS)
+
+
+def _jpeg_frame(data: bytes, sof: int) -> tuple[int, int, int, dict[int, int]]:
+    """Width, height, number of components and {component id: 8x8 blocks} from the SOF
+    segment at ``sof``."""
+    header = data[sof + 4 : sof + 10] if sof >= 0 else b""
+    if len(header) < 6:
+        return 0, 0, 0, {}
+    height = int.from_bytes(header[1:3], "big")
+    width = int.from_bytes(header[3:5], "big")
+    specs = data[sof + 10 : sof + 10 + 3 * header[5]]
+    sampling = {specs[i]: (specs[i + 1] >> 4 or 1, specs[i + 1] & 15 or 1)
+                for i in range(0, len(specs) - 2, 3)}  # fmt: skip
+    if not sampling:
+        return width, height, header[5], {}
+    h_max = max(h for h, _ in sampling.values())
+    v_max = max(v for _, v in sampling.values())
+
+    def blocks(size: int, factor: int, most: int) -> int:
+        return math.ceil(math.ceil(size * factor / most) / 8)
+
+    return width, height, header[5], {
+        cid: blocks(width, h, h_max) * blocks(height, v, v_max) for cid, (h, v) in sampling.items()
+    }
+
+
+_PNG_IMAGE_CHUNKS: Final = frozenset(
+    {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"acTL", b"fcTL", b"fdAT"}
+)
+_PNG_COMPRESSED_CHUNKS: Final = frozenset({b"zTXt", b"iTXt", b"iCCP"})
+
+
+def _scan_png(data: bytes) -> None:
+    """Count chunks up to IEND (where Pillow stops too), and metadata chunks and bytes."""
+    n = len(data)
+    pos = len(_PNG_MAGIC)
+    chunks = metadata_chunks = metadata_bytes = compressed = 0
+    while pos + 8 <= n:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise _too_much("PNG", "chunks", MAX_PNG_CHUNKS)
+        if kind == b"IEND":
+            return
+        if kind not in _PNG_IMAGE_CHUNKS:
+            metadata_chunks += 1
+            metadata_bytes += min(length, n - pos - 8)  # a length past the end is just truncation
+            if metadata_chunks > MAX_PNG_METADATA_CHUNKS:
+                raise _too_much("PNG", "metadata chunks", MAX_PNG_METADATA_CHUNKS)
+            if metadata_bytes > MAX_PNG_METADATA_BYTES:
+                raise _too_much("PNG", "bytes of metadata chunks", MAX_PNG_METADATA_BYTES)
+            if kind in _PNG_COMPRESSED_CHUNKS:
+                compressed += 1
+                if compressed > MAX_PNG_COMPRESSED_CHUNKS:
+                    raise _too_much("PNG", "compressed text/ICC chunks", MAX_PNG_COMPRESSED_CHUNKS)
+            elif (
+                kind == b"eXIf"
+                and _tiff_ifd0_entries(data[pos + 8 : pos + 8 + length], 0) > MAX_TIFF_TAGS
+            ):
+                raise _too_much("PNG", "Exif tags in IFD0", MAX_TIFF_TAGS)
+        pos += 12 + length
+
+
+_GIF_BLOCK_START: Final = re.compile(rb"[!,;]")  # extension, image descriptor, trailer
+
+
+def _scan_gif(data: bytes) -> int:
+    """Walk a GIF's blocks without decoding LZW data; return the number of frames.
+
+    Counting stops at the trailer, at garbage after the first frame, at truncation, or at
+    :data:`MAX_COUNTED_FRAMES`.  Junk *before* the first frame is skipped the way Pillow
+    skips it (byte by byte).  Always >= 1 for a GIF that Pillow could open.
+    """
+    n = len(data)
+    if n < 13:
+        return 1
+    pos = 13
+    flags = data[10]
+    if flags & 0x80:  # global colour table
+        pos += 3 << ((flags & 0x07) + 1)
+    limit = MAX_COUNTED_FRAMES
+    frames = sub_blocks = extension_sub_blocks = comment_bytes = junk = 0
+    while pos < n and frames < limit:
+        marker = data[pos]
+        if marker == 0x21:  # extension: introducer, label, sub-blocks
+            comment = pos + 1 < n and data[pos + 1] == 0xFE
+            pos += 2
+            while pos < n:
+                length = data[pos]
+                pos += length + 1
+                if length == 0:
+                    break
+                extension_sub_blocks += 1
+                if extension_sub_blocks > MAX_GIF_EXTENSION_SUB_BLOCKS:
+                    raise _too_much("GIF", "extension sub-blocks", MAX_GIF_EXTENSION_SUB_BLOCKS)
+                if comment:
+                    comment_bytes += length
+                    if comment_bytes > MAX_GIF_COMMENT_BYTES:
+                        raise _too_much("GIF", "comment bytes", MAX_GIF_COMMENT_BYTES)
+        elif marker == 0x2C:  # image descriptor (10 bytes), optional LCT, LZW size byte
+            if pos + 10 > n:
+                break
+            frames += 1
+            local_flags = data[pos + 9]
+            pos += 10
+            if local_flags & 0x80:
+                pos += 3 << ((local_flags & 0x07) + 1)
+            pos += 1
+            while pos < n:
+                length = data[pos]
+                pos += length + 1
+                if length == 0:
+                    break
+                sub_blocks += 1
+                if sub_blocks > MAX_GIF_SUB_BLOCKS:
+                    raise _too_much("GIF", "image data sub-blocks", MAX_GIF_SUB_BLOCKS)
+        elif frames == 0 and marker != 0x3B:
+            # Pillow skips junk before the first frame one byte per loop turn.
+            window = pos + MAX_GIF_JUNK_BYTES - junk + 1
+            match = _GIF_BLOCK_START.search(data, pos, window)
+            if match is None:
+                if window < n:
+                    raise _too_much("GIF", "junk bytes before the first frame", MAX_GIF_JUNK_BYTES)
+                break  # junk up to the end: Pillow finds no image
+            junk += match.start() - pos
+            pos = match.start()
+        else:  # 0x3B trailer, or garbage after a frame
+            break
+    return max(1, frames)
+
+
+def _scan_webp(data: bytes) -> None:
+    """Count top-level RIFF chunks (within the RIFF size, as libwebp reads them)."""
+    end = min(len(data), 8 + int.from_bytes(data[4:8], "little"))
+    pos = 12
+    chunks = 0
+    while pos + 8 <= end:
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        chunks += 1
+        if chunks > MAX_WEBP_CHUNKS:
+            raise _too_much("WEBP", "chunks", MAX_WEBP_CHUNKS)
+        if data[pos : pos + 4] == b"EXIF":
+            exif = data[pos + 8 : pos + 8 + size]
+            skip = 6 if exif.startswith(b"Exif\x00\x00") else 0
+            if _tiff_ifd0_entries(exif, skip) > MAX_TIFF_TAGS:
+                raise _too_much("WEBP", "Exif tags in IFD0", MAX_TIFF_TAGS)
+        pos += 8 + size + (size & 1)
+
+
+def _tiff_ifd0_entries(data: bytes, base: int) -> int:
+    """Entries Pillow would read from the first IFD of the TIFF structure at ``data[base:]``
+    (a TIFF file, or an Exif block after its ``Exif\\0\\0`` header): the declared count, but
+    no more than the bytes that follow hold (Pillow stops there with an error).  0 if
+    unreadable."""
+    head = data[base : base + 16]
+    if head[:2] == b"II":
+        order: Literal["little", "big"] = "little"
+    elif head[:2] == b"MM":
+        order = "big"
+    else:
+        return 0
+    magic = int.from_bytes(head[2:4], order)
+    if magic == 42:
+        ifd, count_size, entry_size = base + int.from_bytes(head[4:8], order), 2, 12
+    elif magic == 43 and len(head) == 16:  # BigTIFF: 8-byte offsets and counts
+        ifd, count_size, entry_size = base + int.from_bytes(head[8:16], order), 8, 20
+    else:
+        return 0
+    declared = int.from_bytes(data[ifd : ifd + count_size], order)
+    return min(declared, max(0, len(data) - ifd - count_size) // entry_size)
+
+
+def _scan_bmp(data: bytes) -> None:
+    """Bound the size of RLE-compressed pixel data, which Pillow decodes in Python."""
+    if len(data) < 34 or int.from_bytes(data[14:18], "little") < 40:
+        return  # OS/2 1.x header: no compression field
+    if int.from_bytes(data[30:34], "little") in (1, 2):  # BI_RLE8, BI_RLE4
+        if len(data) - int.from_bytes(data[10:14], "little") > MAX_BMP_RLE_BYTES:
+            error = _too_much("BMP", "bytes of RLE data", MAX_BMP_RLE_BYTES)
+            error.user_message = _BMP_RLE_MESSAGE
+            raise error
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -450,7 +930,10 @@ def decode_image(
     assert detected is not None  # for type checkers: None is never accepted
 
     try:
-        return _decode(data, detected, max_pixels, target_size, filename)
+        frames = _check_structure(
+            data if isinstance(data, bytes) else bytes(data), detected, max_pixels
+        )
+        return _decode(data, detected, max_pixels, target_size, filename, frames)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -468,6 +951,9 @@ def decode_image(
         # ValueError, EOFError, struct.error, IndexError, KeyError, TypeError, zlib.error,
         # ZeroDivisionError ... depending on the plugin and where the damage is.  At this
         # trust boundary any of them just means "these bytes are not a usable image".
+        if isinstance(exc, ValueError) and _PILLOW_METADATA_LIMIT.search(str(exc)):
+            # A *valid* PNG whose zTXt/iTXt/iCCP inflates past Pillow's own limits.
+            raise TooMuchMetadata(detail=f"{detected}: Pillow: {exc}") from exc
         log.debug("could not decode %s image: %r", detected, exc)
         raise CorruptImage(detail=f"{detected}: {type(exc).__name__}: {exc}") from exc
 
@@ -478,6 +964,7 @@ def _decode(
     max_pixels: int,
     target_size: int,
     filename: str | None,
+    counted_frames: int | None,
 ) -> DecodedImage:
     with Image.open(io.BytesIO(data), formats=[fmt]) as im:
         width, height = im.size
@@ -487,7 +974,7 @@ def _decode(
             # Header-only so far: Image.open parses headers, pixels are decoded in load().
             raise ImageTooManyPixels(width, height, max_pixels, filename=filename)
 
-        frame_count = _count_frames(im, fmt, data)
+        frame_count = counted_frames if counted_frames is not None else _count_frames(im, fmt)
         final_size = _fit_within(width, height, target_size)
 
         box: tuple[float, float, float, float] | None = None
@@ -557,64 +1044,20 @@ def _read_orientation(im: Image.Image) -> int:
     return orientation if 1 <= orientation <= 8 else 1
 
 
-def _count_frames(im: Image.Image, fmt: str, data: bytes | bytearray | memoryview) -> int:
+def _count_frames(im: Image.Image, fmt: str) -> int:
     """Number of animation frames, capped at :data:`MAX_COUNTED_FRAMES`.
 
     Pillow's ``n_frames`` is cheap for WebP/AVIF (the C demuxer) and APNG (a declared
     count), but for GIF it walks every frame in Python -- seconds for a hostile file --
-    so GIFs are counted by our own bounded block walker.
+    so GIFs are counted by the structural pre-scan (:func:`_scan_gif`) instead.
     """
     if fmt not in _ANIMATED_FORMATS:
         return 1  # TIFF pages, MPO sub-images: we use the first and don't count the rest
-    if fmt == "GIF":
-        return _count_gif_frames(bytes(data), MAX_COUNTED_FRAMES)
     try:
         n = int(getattr(im, "n_frames", 1))
     except Exception:
         n = 1
     return max(1, min(n, MAX_COUNTED_FRAMES))
-
-
-def _count_gif_frames(data: bytes, limit: int) -> int:
-    """Count image descriptors in a GIF without decoding any LZW data.
-
-    Stops at the trailer, at garbage, at truncation, or at ``limit``.  Always >= 1 for a
-    GIF that Pillow could open (frame 0 is already validated by then).
-    """
-    n = len(data)
-    if n < 13:
-        return 1
-    pos = 13
-    flags = data[10]
-    if flags & 0x80:  # global colour table
-        pos += 3 << ((flags & 0x07) + 1)
-    frames = 0
-
-    def skip_sub_blocks(p: int) -> int:
-        while p < n:
-            length = data[p]
-            p += 1
-            if length == 0:
-                return p
-            p += length
-        return n + 1  # truncated
-
-    while pos < n and frames < limit:
-        marker = data[pos]
-        if marker == 0x21:  # extension: introducer, label, sub-blocks
-            pos = skip_sub_blocks(pos + 2)
-        elif marker == 0x2C:  # image descriptor (10 bytes), optional LCT, LZW size byte
-            if pos + 10 > n:
-                break
-            frames += 1
-            local_flags = data[pos + 9]
-            pos += 10
-            if local_flags & 0x80:
-                pos += 3 << ((local_flags & 0x07) + 1)
-            pos = skip_sub_blocks(pos + 1)
-        else:  # 0x3B trailer, or garbage after the last frame
-            break
-    return max(1, frames)
 
 
 def _to_resizable_mode(im: Image.Image, fmt: str) -> Image.Image:

@@ -8,6 +8,7 @@ refused without ``load()`` ever being called).
 from __future__ import annotations
 
 import io
+import pickle
 import re
 import struct
 import zipfile
@@ -29,10 +30,12 @@ from bot.imaging import (
     ImageRejected,
     ImageTooLarge,
     ImageTooManyPixels,
+    TooMuchMetadata,
     UnsupportedImageType,
     decode_image,
     sniff_format,
 )
+from tests import hostile_corpus as hostile
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
@@ -998,3 +1001,166 @@ def test_concurrent_decoding_matches_serial() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         parallel = list(pool.map(lambda d: decode_image(d).image.tobytes(), inputs))
     assert parallel == serial
+
+
+# --------------------------------------------------------------------------- structural limits (issue 12)
+#
+# Timings are measured separately (see bot/imaging.py's "Structural limits"); here, "refused before
+# Pillow walks it" is checked structurally: Image.open is never called.
+
+
+@pytest.fixture
+def pillow_opens(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every Image.open call; a refusal by the structural pre-scan leaves it empty."""
+    opened: list[object] = []
+    real_open = Image.open
+
+    def spy_open(*args: object, **kwargs: object) -> Image.Image:
+        opened.append(args)
+        return real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image, "open", spy_open)
+    return opened
+
+
+def refused_for_metadata(data: bytes) -> TooMuchMetadata:
+    with pytest.raises(TooMuchMetadata) as info:
+        decode_image(data)
+    check_user_message(info.value)
+    assert info.value.code == "too_much_metadata"
+    return info.value
+
+
+# The files from the issue, at full size.
+ISSUE_FLOODS: list[tuple[str, Callable[[], bytes]]] = [
+    ("jpeg-2m-exif-segments", lambda: hostile.jpeg_with_segments(0xE1, b"Exif\x00\x00\x00\x00", 2_000_000)),
+    ("jpeg-2m-com-segments", lambda: hostile.jpeg_with_segments(0xFE, b"x" * 8, 2_000_000)),
+    ("jpeg-2m-app5-segments", lambda: hostile.jpeg_with_segments(0xE5, b"x" * 8, 2_000_000)),
+    ("gif-12m-comment-sub-blocks", lambda: hostile.gif_with(hostile.gif_comment(12_000_000))),
+]
+
+
+@pytest.mark.parametrize("factory", [f for _, f in ISSUE_FLOODS], ids=[n for n, _ in ISSUE_FLOODS])
+def test_issue_floods_are_refused_before_pillow_walks_them(
+    factory: Callable[[], bytes], pillow_opens: list[object]
+) -> None:
+    data = factory()
+    assert 24_000_000 <= len(data) <= imaging.DEFAULT_MAX_BYTES  # 24 MB, as reported
+    refused_for_metadata(data)
+    assert pillow_opens == []
+
+
+@pytest.mark.parametrize("kind", [b"zTXt", b"iCCP", b"iTXt"], ids=bytes.decode)
+def test_png_metadata_inflating_to_200_mb_is_too_much_metadata_not_corrupt(kind: bytes) -> None:
+    # A valid PNG; Pillow's own (process-wide, untouched) MAX_TEXT_CHUNK stops the inflate.
+    from PIL import PngImagePlugin
+
+    before = (PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY)
+    error = refused_for_metadata(hostile.png_inflating_to(200, kind))
+    assert "Pillow" in str(error) and "too large" in str(error)
+    assert (PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY) == before
+
+
+@cache
+def issue_scan_bomb() -> bytes:
+    """4096x4096 progressive grey JPEG (quality 90), last scan (33 bytes) repeated 20,000 times."""
+    return hostile.progressive_with_repeated_last_scan(4096, 20_000)
+
+
+def test_scan_bomb_from_the_issue_is_refused_before_pillow(pillow_opens: list[object]) -> None:
+    plain = hostile.progressive_with_repeated_last_scan(4096, 0)
+    assert len(plain) - plain.rindex(b"\xff\xda") - 2 == 33  # the last scan, as in the issue
+    data = issue_scan_bomb()
+    assert 33 * 20_000 < len(data) < 800_000  # ~0.7 MB
+    error = refused_for_metadata(data)
+    assert "8x8 blocks" in str(error)  # 16 MP: the block budget trips long before 100 scans
+    assert pillow_opens == []
+
+
+@pytest.mark.parametrize(
+    ("side", "repeats", "refused"),
+    [
+        (512, 94, False),  # 6 + 94 = 100 scans: the limit
+        (512, 95, True),  # 101 scans
+        (512, 1_000, True),  # the issue's 1,000 repeats, on a smaller image
+        (4096, 1_000, True),  # ... and at full size
+        (4096, 10, False),  # 16 scans of 262,144 blocks: fine
+        (4096, 91, True),  # 97 scans, under the count but over the 24M-block budget
+    ],
+)
+def test_scan_limits(side: int, repeats: int, refused: bool) -> None:
+    data = hostile.progressive_with_repeated_last_scan(side, repeats)
+    if refused:
+        refused_for_metadata(data)
+    else:
+        assert_model_ready(decode_image(data))
+
+
+@pytest.mark.parametrize("kind", list(hostile.flood_kinds()))
+def test_each_structural_limit_is_exact(kind: str) -> None:
+    """At a limit the file is accepted (by the pre-scan); one element more and it is refused."""
+    build, limit, _ = hostile.flood_kinds()[kind]
+    try:
+        result = decode_image(build(limit))
+    except ImageRejected as exc:
+        assert exc.code in hostile.at_limit_outcomes(kind), exc
+    else:
+        assert_model_ready(result)
+    refused_for_metadata(build(limit + 1))
+
+
+def test_data_after_the_primary_jpeg_is_not_counted() -> None:
+    """MPO second images, gain maps and phone makers' trailers follow the first EOI: a
+    progressive second image full of scans, or megabytes of binary in which 0xFFDA occurs
+    by chance, must not trip the scan limits."""
+    second = hostile.progressive_with_repeated_last_scan(512, 1_000)
+    trailer = np.random.default_rng(12).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    assert trailer.count(b"\xff\xda") > imaging.MAX_JPEG_SCANS
+    for data in (small_jpeg() + second, encode(synthetic_photo(), "JPEG", progressive=True) + trailer):
+        assert_model_ready(decode_image(data))
+
+
+def test_phone_sized_metadata_is_accepted() -> None:
+    """Exif, a 1.5 MB ICC profile (24 APP2 segments), XMP and 6 MB of Extended XMP (Google's
+    depth/"Lens Blur" photos carry the original image there), in a progressive JPEG."""
+    rng = np.random.default_rng(3)
+    icc = rng.integers(0, 256, 1_500_000, dtype=np.uint8).tobytes()
+    data = encode(marker_image(640, 480), "JPEG", progressive=True, exif=exif_with_orientation(6),
+                  icc_profile=icc, xmp=b"<x:xmpmeta>" + b" " * 20_000 + b"</x:xmpmeta>")  # fmt: skip
+    extension = b"http://ns.adobe.com/xmp/extension/\x00" + b"0" * 32 + struct.pack(">II", 6 << 20, 0)
+    chunk = extension + rng.integers(65, 91, 65_400 - len(extension), dtype=np.uint8).tobytes()
+    data = data[:2] + (b"\xff\xe1" + struct.pack(">H", len(chunk) + 2) + chunk) * 96 + data[2:]
+    assert len(data) > 7 << 20
+    result = decode_image(data)
+    assert_model_ready(result)
+    assert result.original_size == (480, 640)  # the Exif orientation was still read
+
+
+def test_scans_cannot_hide_behind_a_marker_libjpeg_treats_as_standalone() -> None:
+    """TEM (0xFF01) has no length field: skipping "its" length would jump over real scans."""
+    plain = hostile.progressive_with_repeated_last_scan(512, 0)
+    last_scan = plain[plain.rindex(b"\xff\xda") : -2]
+    refused_for_metadata(plain[:-2] + b"\xff\x01" + last_scan * 200 + plain[-2:])
+
+
+@pytest.mark.filterwarnings("ignore")  # Pillow warns about the truncated IFD
+def test_tiff_with_a_huge_declared_ifd_but_little_data_is_corrupt_not_metadata() -> None:
+    data = b"II*\x00" + struct.pack("<IH", 8, 0xFFFF) + bytes(500)  # ~40 entries' worth of bytes
+    with pytest.raises(CorruptImage):
+        decode_image(data)
+
+
+def test_rle_bmp_over_the_limit_says_what_to_do() -> None:
+    error = refused_for_metadata(hostile.bmp_rle_runs(imaging.MAX_BMP_RLE_BYTES + 1))
+    assert "BMP" in error.user_message and "PNG or JPEG" in error.user_message
+    assert_model_ready(decode_image(dict(hostile.seeds())["bmp-rle8"]))  # small RLE BMPs still decode
+
+
+def test_too_much_metadata_survives_pickling() -> None:
+    """Refusals cross the isolated decoder's process boundary."""
+    with pytest.raises(TooMuchMetadata) as info:
+        decode_image(hostile.jpeg_with_segments(0xFE, b"x", 2_000))
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is TooMuchMetadata
+    assert (copy.code, copy.user_message, str(copy)) == (info.value.code, info.value.user_message, str(info.value))
+
