@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 SentimentLabel = Literal["negative", "neutral", "positive"]
@@ -18,6 +18,8 @@ CONTEXT_PREFIX = "[Image Attached:"
 # Label sets whose best label goes into the context line's "Labels:" part, in this order.
 CONTEXT_LABEL_SETS = ("objects", "scenes", "medium")
 MAX_CAPTION_CHARS = 300
+# What the context line and result cards say for a fast-tier record (labels known, caption not yet).
+PENDING_CAPTION = "a picture (caption not written yet)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,22 @@ class Sentiment:
 
 
 @dataclass(frozen=True)
+class CaptionPart:
+    """The caption tier's output for one image: BLIP's caption and everything derived from its text.
+
+    Analysis runs in two tiers (issue: a fast first look, then the full one): the fast tier (CLIP:
+    labels, image topics and mood, the image vector) makes a picture findable within a second; this
+    part completes the record when the captioner gets to it (:meth:`ImageAnalysis.with_caption`).
+    """
+
+    caption: str
+    sentiment: Sentiment  # of the caption text
+    caption_topics: list[Scored]
+    caption_embedding: list[float] = field(repr=False)
+    model_ids: dict[str, str] = field(default_factory=dict)  # captioner, embedder, sentiment
+
+
+@dataclass(frozen=True)
 class ImageAnalysis:
     caption: str
     # Top-k labels per label set (objects, scenes, medium, mood, ...), best first.
@@ -62,6 +80,15 @@ class ImageAnalysis:
     height: int
     format: str
     animated: bool = False
+    # True for a fast-tier record: no caption yet, so ``caption`` is "", ``caption_embedding`` and
+    # ``caption_topics`` are empty and ``sentiment`` is the image's own mood (CLIP) until it lands.
+    caption_pending: bool = False
+
+    def with_caption(self, part: CaptionPart) -> ImageAnalysis:
+        """The complete record: this fast-tier record plus the caption tier's part."""
+        return replace(self, caption=part.caption, sentiment=part.sentiment, caption_topics=part.caption_topics,
+                       caption_embedding=part.caption_embedding, model_ids={**self.model_ids, **part.model_ids},
+                       caption_pending=False)
 
     @property
     def top_labels(self) -> list[str]:
@@ -78,8 +105,11 @@ class ImageAnalysis:
         return self.topics[0].label if self.topics else None
 
     def context_line(self) -> str:
-        """``[Image Attached: caption. Labels: a, b, c. Mood: positive. Topic: animals]``."""
-        parts = [_clean(self.caption, MAX_CAPTION_CHARS) or "an image"]
+        """``[Image Attached: caption. Labels: a, b, c. Mood: positive. Topic: animals]``.
+
+        A fast-tier record says its caption is not written yet instead of showing a blank one."""
+        caption = PENDING_CAPTION if self.caption_pending else _clean(self.caption, MAX_CAPTION_CHARS)
+        parts = [caption or "an image"]
         if self.top_labels:
             parts.append("Labels: " + ", ".join(_clean(label, 60) for label in self.top_labels))
         parts.append(f"Mood: {self.sentiment.label}")
@@ -114,6 +144,7 @@ class ImageAnalysis:
             height=int(data["height"]),
             format=data["format"],
             animated=bool(data.get("animated", False)),
+            caption_pending=bool(data.get("caption_pending", False)),
         )
 
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings
+from bot.errors import UserFacingError
 from bot.labels import LabelSetError
 from bot.models.errors import ModelUnavailable
 
@@ -448,5 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ModelUnavailable, LabelSetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except UserFacingError as exc:  # e.g. compare/topics with the Chroma server down
+        print(f"error: {exc.user_message} ({exc})", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -127,12 +127,33 @@ class RateLimitSettings(_Section):
     window_s: PositiveFloat = 60.0
 
 
+class IngestSettings(_Section):
+    """The backlog of posted pictures (bot/ingest/backlog.py): durable, bounded, two tiers."""
+
+    # Waiting pictures kept in the ledger; past this the oldest are dropped (logged, counted).
+    max_backlog: Annotated[int, Field(ge=1)] = 10_000
+    # Background jobs in the inference queue at once: first looks (decode + CLIP) and captions.
+    # Enough to fill a batch; few enough that the queue never holds much background work.
+    fast_in_flight: Annotated[int, Field(ge=1, le=1024)] = 16
+    caption_in_flight: Annotated[int, Field(ge=1, le=1024)] = 4
+    # Decoded pictures (<= 384 px, ~0.4 MB each) kept between the tiers; others are read again.
+    decoded_cache: Annotated[int, Field(ge=0)] = 256
+    # After a restart, read each channel's history after the newest picture accepted there (at most
+    # this many messages per channel) for pictures that arrived just before a crash or while down.
+    catch_up_messages: Annotated[int, Field(ge=0, le=10_000)] = 200
+
+
 class QueueSettings(_Section):
     max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10.0
+    # Bounds interactive jobs only; background (indexing) jobs are bounded by the ingest backlog.
     max_queued: PositiveInt = 256
     job_timeout_s: PositiveFloat = 120.0
     decode_workers: Annotated[int, Field(ge=1, le=64)] = 2
+    # Batch cap for background work that runs the captioner (full analyses, the caption tier).
+    background_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    # Background batches pause between model layers while interactive work waits (else at batch ends).
+    preempt_background: bool = True
 
 
 class InferenceSettings(_Section):
@@ -187,6 +208,7 @@ class Settings(_Section):
     llm: LLMSettings = LLMSettings()
     chat: ChatSettings = ChatSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
+    ingest: IngestSettings = IngestSettings()
     queue: QueueSettings = QueueSettings()
     inference: InferenceSettings = InferenceSettings()
     memory: MemorySettings = MemorySettings()

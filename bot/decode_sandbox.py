@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 #: How long close() waits for a worker to exit after asking it to, before killing it.
 _EXIT_GRACE_S = 1.0
+#: How long a new worker may take to start (a fresh Python importing Pillow: ~0.3-1.5 s here).
+_START_TIMEOUT_S = 120.0
+_READY = "ready"
 
 
 class DecodeTimedOut(ImageRejected):
@@ -114,6 +117,10 @@ def _worker_main(conn: Connection, memory_bytes: int) -> None:
         pass
     warnings.simplefilter("ignore")  # DecompressionBombWarning etc.: our own limits decide
     _limit_memory(memory_bytes)
+    try:
+        conn.send(_READY)  # imports done: from now on a decode's time limit measures only the decode
+    except OSError:
+        return
     while True:
         try:
             request = conn.recv()
@@ -154,6 +161,14 @@ class _Worker:
         )
         self.process.start()
         child_end.close()  # ours closed: the child's recv() sees EOF when this end goes away
+        # Wait for its imports, so that start-up never counts against the first decode's time limit.
+        try:
+            ready = self.conn.poll(_START_TIMEOUT_S) and self.conn.recv() == _READY
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self.kill()
+            raise RuntimeError(f"a decoder process did not start within {_START_TIMEOUT_S:g}s")
 
     def kill(self) -> None:
         try:

@@ -8,20 +8,31 @@ Work is split in two so the CPU and the accelerator overlap: :meth:`Analyzer.pre
 CPU only, thread-safe: the models' resize/normalise) runs in the queue's decode threads while the
 worker thread runs :meth:`Analyzer.analyze` on the previous batch, which then only stacks the
 prepared tensors, copies them to the device and runs the models.
+
+Analysis also comes in two tiers, for a small host where the captioner is most of the cost (BLIP is
+~0.8 s of the ~0.9 s an image costs on a 2-core CPU): :meth:`Analyzer.analyze_fast` runs CLIP only
+(labels, image topics and mood, the image vector: a picture is findable within a second) and
+:meth:`Analyzer.caption` runs BLIP and the caption's text roles later. Together they give exactly
+what :meth:`Analyzer.analyze` gives (``fast.with_caption(part) == full``).
+
+The model roles are not locked here; the inference queue lets one batch compute at a time (its
+model turn). :meth:`Analyzer.set_yield_point` installs the queue's checkpoint between model layers,
+so a long background batch can pause for interactive work and resume where it stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import torch
 
-from bot.analysis import ImageAnalysis, Sentiment
+from bot.analysis import CaptionPart, ImageAnalysis, Scored, Sentiment
 from bot.config import Settings
 from bot.imaging import DecodedImage
 from bot.labels import load_label_sets
@@ -36,6 +47,11 @@ from bot.models.topics import CaptionTopics
 log = logging.getLogger(__name__)
 # Label sets scored separately from the generic "labels" (they have their own fields).
 _SPECIAL_SETS = ("topics", "sentiment")
+#: The roles whose model ids a :class:`CaptionPart` carries (the fast tier's record has the tagger's).
+CAPTION_ROLES = ("captioner", "embedder", "sentiment")
+#: A fast-tier record's mood when the label sets have no ``sentiment`` set to read it from the image.
+NEUTRAL = Sentiment.from_scores({"neutral": 1.0})
+Tier = Literal["full", "fast", "caption"]
 
 
 @dataclass
@@ -57,12 +73,41 @@ class PreparedImage:
     """A decoded image plus its model-ready pixels, made on a CPU thread ahead of the batch.
 
     ``caption_pixels`` is None for a captioner without a separate ``preprocess`` step (it then gets
-    the PIL image at batch time).
+    the PIL image at batch time) or when only the fast tier was prepared; ``clip_pixels`` is None
+    when only the caption tier was. Whatever is missing is made at batch time.
     """
 
     decoded: DecodedImage
     caption_pixels: torch.Tensor | None
-    clip_pixels: torch.Tensor
+    clip_pixels: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _ClipPart:
+    labels: list[dict[str, list[Scored]]]
+    topics: list[list[Scored]]
+    image_sentiments: list[Sentiment | None]
+    image_vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class _TextPart:
+    vectors: np.ndarray
+    topics: list[list[Scored]]
+    sentiments: list[Sentiment]
+
+
+def caption_part_of(record: ImageAnalysis) -> CaptionPart:
+    """The caption tier's share of a complete record (for backends that only run full analyses)."""
+    return CaptionPart(
+        caption=record.caption, sentiment=record.sentiment, caption_topics=record.caption_topics,
+        caption_embedding=record.caption_embedding,
+        model_ids={role: record.model_ids[role] for role in CAPTION_ROLES if role in record.model_ids},
+    )
+
+
+def _no_yield() -> None:
+    return None
 
 
 def _splits_preprocessing(captioner: Captioner) -> TypeGuard[SplitCaptioner]:
@@ -100,7 +145,9 @@ class Analyzer:
         self.embedder = embedder
         self.sentiment = sentiment
         self.caption_topics = CaptionTopics(embedder, tagger.label_sets["topics"])
-        self.last_timings = StageTimings()
+        self._local = threading.local()  # last_timings, per thread (the queue has two workers)
+        self._yield_point: Callable[[], None] = _no_yield
+        self._layer_hooks: list[Any] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Analyzer:
@@ -159,17 +206,70 @@ class Analyzer:
         """Where the vision models run (the captioner's device; CPU for captioners that don't say)."""
         return getattr(self.captioner, "device", None) or torch.device("cpu")
 
-    def prepare(self, decoded: DecodedImage) -> PreparedImage:
+    @property
+    def last_timings(self) -> StageTimings:
+        """Per-role seconds of the last batch *this thread* ran (each queue worker reads its own)."""
+        timings: StageTimings | None = getattr(self._local, "timings", None)
+        return timings if timings is not None else StageTimings()
+
+    @last_timings.setter
+    def last_timings(self, timings: StageTimings) -> None:
+        self._local.timings = timings
+
+    # ---------------------------------------------------------------- yield points
+
+    def set_yield_point(self, hook: Callable[[], None] | None) -> None:
+        """Call ``hook`` before every transformer layer of every role, and between roles.
+
+        The inference queue passes its :meth:`~bot.inference.batching.JobBoard.checkpoint`: a
+        background batch then pauses there while interactive work runs on the same models, and goes
+        on where it stopped. A layer is the finest step that is still cheap to check (a few
+        hundredths of a second of compute on a CPU; the check is one attribute read). Layers are the
+        members of the models' ``ModuleList`` containers (BLIP's vision encoder and text decoder, CLIP's
+        two towers, the BERT/RoBERTa text encoders). None removes the hook's effect.
+        """
+        self._yield_point = hook or _no_yield
+        if not self._layer_hooks:
+            self._layer_hooks = [
+                module.register_forward_pre_hook(self._before_layer) for module in self._layer_modules()
+            ]
+
+    def _before_layer(self, _module: torch.nn.Module, _args: Any) -> None:
+        self._yield_point()
+
+    def _layer_modules(self) -> Iterator[torch.nn.Module]:
+        for role in (self.captioner, self.tagger, self.embedder, self.sentiment):
+            model = getattr(role, "model", None)
+            if not isinstance(model, torch.nn.Module):
+                continue
+            for module in model.modules():
+                if isinstance(module, torch.nn.ModuleList):
+                    yield from module
+
+    # ---------------------------------------------------------------- preprocessing
+
+    def prepare(self, decoded: DecodedImage, tier: Tier = "full") -> PreparedImage:
         """CPU preprocessing for one image: thread-safe, no model weights touched.
 
         The inference queue calls this in its decode threads, so resize/normalise for the next batch
-        happens while the worker thread is busy with the current one.
+        happens while the worker thread is busy with the current one. ``tier`` limits it to what the
+        fast tier (CLIP pixels) or the caption tier (BLIP pixels) needs.
         """
         caption_pixels = None
-        if _splits_preprocessing(self.captioner):
+        if tier != "fast" and _splits_preprocessing(self.captioner):
             caption_pixels = self.captioner.preprocess([decoded.image])[0]
-        clip_pixels = self.tagger.preprocess_batch([decoded.image])[0]
+        clip_pixels = self.tagger.preprocess_batch([decoded.image])[0] if tier != "caption" else None
         return PreparedImage(decoded=decoded, caption_pixels=caption_pixels, clip_pixels=clip_pixels)
+
+    def _prepared(self, images: Sequence[DecodedImage | PreparedImage], tier: Tier) -> list[PreparedImage]:
+        return [item if isinstance(item, PreparedImage) else self.prepare(item, tier) for item in images]
+
+    def _clip_pixels(self, item: PreparedImage) -> torch.Tensor:
+        if item.clip_pixels is not None:
+            return item.clip_pixels
+        return self.tagger.preprocess_batch([item.decoded.image])[0]
+
+    # ---------------------------------------------------------------- analysis
 
     def analyze(self, images: Sequence[DecodedImage | PreparedImage]) -> list[ImageAnalysis]:
         """One record per image, in order; each model role runs once for the whole batch.
@@ -181,38 +281,21 @@ class Analyzer:
             return []
         timings = StageTimings()
         started = time.perf_counter()
-        prepared = [item if isinstance(item, PreparedImage) else self.prepare(item) for item in images]
+        prepared = self._prepared(images, "full")
         timings.prepare = time.perf_counter() - started
-        device = self.device
-
         # The CLIP batch is staged before BLIP runs: on CUDA its copy then overlaps BLIP's compute.
-        clip_pixels = stage_batch([item.clip_pixels for item in prepared], device)
+        clip_pixels = stage_batch([self._clip_pixels(item) for item in prepared], self.device)
 
         started = time.perf_counter()
-        caption_tensors = [item.caption_pixels for item in prepared if item.caption_pixels is not None]
-        if len(caption_tensors) == len(prepared) and _splits_preprocessing(self.captioner):
-            captions = self.captioner.caption_pixels(stage_batch(caption_tensors, device))
-        else:
-            captions = self.captioner.caption([item.decoded.image for item in prepared])
+        captions = self._captions(prepared)
         timings.caption = time.perf_counter() - started
 
         started = time.perf_counter()
-        image_features = self.tagger.encode_images(clip_pixels)
-        generic_sets = [name for name in self.tagger.label_sets if name not in _SPECIAL_SETS]
-        labels = self.tagger.tag(image_features, generic_sets)
-        topics = self.tagger.tag(image_features, ["topics"])
-        image_sentiments: list[Sentiment | None] = [None] * len(images)
-        if "sentiment" in self.tagger.label_sets:
-            image_sentiments = [
-                Sentiment.from_scores(scores) for scores in self.tagger.full_scores(image_features, "sentiment")
-            ]
-        image_vectors = image_features.cpu().numpy().astype(np.float32)
+        clip = self._clip(clip_pixels)
         timings.clip = time.perf_counter() - started
 
         started = time.perf_counter()
-        caption_vectors = self.embedder.embed(captions)
-        caption_topics = self.caption_topics.assign(caption_vectors)
-        sentiments = self.sentiment.score(captions)
+        text = self._text(captions)
         timings.text = time.perf_counter() - started
         self.last_timings = timings
 
@@ -220,13 +303,13 @@ class Analyzer:
         return [
             ImageAnalysis(
                 caption=captions[i],
-                labels=labels[i],
-                sentiment=sentiments[i],
-                image_sentiment=image_sentiments[i],
-                topics=topics[i]["topics"],
-                caption_topics=caption_topics[i],
-                caption_embedding=caption_vectors[i].tolist(),
-                image_embedding=image_vectors[i].tolist(),
+                labels=clip.labels[i],
+                sentiment=text.sentiments[i],
+                image_sentiment=clip.image_sentiments[i],
+                topics=clip.topics[i],
+                caption_topics=text.topics[i],
+                caption_embedding=text.vectors[i].tolist(),
+                image_embedding=clip.image_vectors[i].tolist(),
                 model_ids=model_ids,
                 width=decoded.original_size[0],
                 height=decoded.original_size[1],
@@ -235,6 +318,104 @@ class Analyzer:
             )
             for i, decoded in enumerate(item.decoded for item in prepared)
         ]
+
+    def analyze_fast(self, images: Sequence[DecodedImage | PreparedImage]) -> list[ImageAnalysis]:
+        """The fast tier: CLIP only. Records with ``caption_pending=True``: no caption, caption
+        embedding or caption topics yet, and the image's own mood (CLIP's ``sentiment`` set; neutral
+        without one) as ``sentiment`` until :meth:`caption`'s part replaces it
+        (:meth:`ImageAnalysis.with_caption`)."""
+        if not images:
+            return []
+        timings = StageTimings()
+        started = time.perf_counter()
+        prepared = self._prepared(images, "fast")
+        clip_pixels = stage_batch([self._clip_pixels(item) for item in prepared], self.device)
+        timings.prepare = time.perf_counter() - started
+        started = time.perf_counter()
+        clip = self._clip(clip_pixels)
+        timings.clip = time.perf_counter() - started
+        self.last_timings = timings
+        model_ids = {"tagger": self.tagger.model_id}
+        return [
+            ImageAnalysis(
+                caption="",
+                labels=clip.labels[i],
+                sentiment=clip.image_sentiments[i] or NEUTRAL,
+                image_sentiment=clip.image_sentiments[i],
+                topics=clip.topics[i],
+                caption_topics=[],
+                caption_embedding=[],
+                image_embedding=clip.image_vectors[i].tolist(),
+                model_ids=dict(model_ids),
+                width=decoded.original_size[0],
+                height=decoded.original_size[1],
+                format=decoded.format,
+                animated=decoded.animated,
+                caption_pending=True,
+            )
+            for i, decoded in enumerate(item.decoded for item in prepared)
+        ]
+
+    def caption(self, images: Sequence[DecodedImage | PreparedImage]) -> list[CaptionPart]:
+        """The caption tier: BLIP, then the caption's embedding, topics and sentiment (one per image)."""
+        if not images:
+            return []
+        timings = StageTimings()
+        started = time.perf_counter()
+        prepared = self._prepared(images, "caption")
+        timings.prepare = time.perf_counter() - started
+        started = time.perf_counter()
+        captions = self._captions(prepared)
+        timings.caption = time.perf_counter() - started
+        started = time.perf_counter()
+        text = self._text(captions)
+        timings.text = time.perf_counter() - started
+        self.last_timings = timings
+        model_ids = {role: self.model_ids[role] for role in CAPTION_ROLES}
+        return [
+            CaptionPart(
+                caption=captions[i],
+                sentiment=text.sentiments[i],
+                caption_topics=text.topics[i],
+                caption_embedding=text.vectors[i].tolist(),
+                model_ids=dict(model_ids),
+            )
+            for i in range(len(prepared))
+        ]
+
+    def _captions(self, prepared: list[PreparedImage]) -> list[str]:
+        """BLIP on the batch (its prepared pixels when every item has them, else the PIL images)."""
+        self._yield_point()
+        caption_tensors = [item.caption_pixels for item in prepared if item.caption_pixels is not None]
+        if len(caption_tensors) == len(prepared) and _splits_preprocessing(self.captioner):
+            return self.captioner.caption_pixels(stage_batch(caption_tensors, self.device))
+        return self.captioner.caption([item.decoded.image for item in prepared])
+
+    def _clip(self, clip_pixels: torch.Tensor) -> _ClipPart:
+        """CLIP's image tower once, then every label set from the same features."""
+        self._yield_point()
+        image_features = self.tagger.encode_images(clip_pixels)
+        generic_sets = [name for name in self.tagger.label_sets if name not in _SPECIAL_SETS]
+        labels = self.tagger.tag(image_features, generic_sets)
+        topics = [scored["topics"] for scored in self.tagger.tag(image_features, ["topics"])]
+        image_sentiments: list[Sentiment | None] = [None] * len(clip_pixels)
+        if "sentiment" in self.tagger.label_sets:
+            image_sentiments = [
+                Sentiment.from_scores(scores) for scores in self.tagger.full_scores(image_features, "sentiment")
+            ]
+        image_vectors = image_features.cpu().numpy().astype(np.float32)
+        return _ClipPart(labels, topics, image_sentiments, image_vectors)
+
+    def _text(self, captions: list[str]) -> _TextPart:
+        """The caption texts: embedded, assigned topics, and scored for sentiment, as one batch."""
+        self._yield_point()
+        vectors = self.embedder.embed(captions)
+        topics = self.caption_topics.assign(vectors)
+        self._yield_point()
+        sentiments = self.sentiment.score(captions)
+        return _TextPart(vectors, topics, sentiments)
+
+    # ---------------------------------------------------------------- text
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Caption-space vectors for search queries."""

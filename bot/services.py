@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.context_cache import AnalysisCache
 from bot.decode_sandbox import DecodeSandbox
 from bot.inference import InferenceQueue
-from bot.ingest import ImageIngestor
+from bot.ingest import ImageIngestor, IngestBacklog
 from bot.labels import LabelSetError, parse_label_file
 from bot.memory.service import MemoryService
 from bot.pipeline import Analyzer
@@ -47,6 +47,7 @@ class Services:
         self.settings = settings
         self.with_memory = with_memory
         self.memory: MemoryService | None = None
+        self.backlog: IngestBacklog | None = None
         self.queue: InferenceQueue | RayInferenceClient
         # Untrusted image bytes are decoded in killable processes (bot/decode_sandbox.py), shared by
         # the local queue's decode stage and /vibe's pixel measurements.
@@ -72,9 +73,16 @@ class Services:
         if self.with_memory:
             self.memory = await MemoryService.open(self.settings, self.queue)
             self.ingestor.memory = self.memory
+        # Passive posts wait here (durably, when there is a memory) for their two tiers of analysis.
+        self.backlog = IngestBacklog(self.settings.ingest, self.queue, self.memory, self.cache)
+        self.ingestor.backlog = self.backlog
+        self.queue.metrics.register_source("ingest", self.backlog.gauges)
+        self.backlog.start()
 
     async def close(self) -> None:
         try:
+            if self.backlog is not None:
+                await self.backlog.close()  # what waits stays in the ledger for the next start
             await self.queue.close()
             await asyncio.to_thread(self.decoder.close)
         finally:

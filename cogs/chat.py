@@ -15,6 +15,9 @@ from bot.memory.intent import detect_search_intent
 from cogs.utils.messages import addressed_to_bot, incoming_images, readable_text, to_turn
 
 log = logging.getLogger(__name__)
+# How far back a chat looks for pictures still waiting for their analysis (bounded: a mention must not
+# turn into analysing a whole channel's backlog at interactive priority).
+HURRY_MESSAGES, HURRY_IMAGES = 5, 4
 EDIT_INTERVAL_S = 1.5
 STILL_WRITING = " …"
 
@@ -144,6 +147,10 @@ class Chat(commands.Cog):
             async with message.channel.typing():
                 history = [m async for m in message.channel.history(
                     limit=self.bot.settings.chat.history_messages, before=message)]
+                # Pictures of this conversation still waiting in the backlog (no first look, or no caption
+                # yet) are analysed now, at interactive priority: the LLM needs their captions.
+                recent = [image for m in history[:HURRY_MESSAGES] if not m.author.bot for image in incoming_images(m)]
+                await services.ingestor.hurry(recent[:HURRY_IMAGES])
                 turns = [to_turn(m, me, services.ingestor) for m in reversed(history)]
                 turns.append(to_turn(message, me, services.ingestor))
                 chunks = await services.chat.answer(turns, on_progress=live.update)

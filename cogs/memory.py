@@ -70,7 +70,6 @@ class ForgetConfirm(AnsweringView):
 class Memory(commands.Cog):
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
-        self._resumed = False
         self.find_similar_menu = app_commands.ContextMenu(name="Find similar", callback=self.find_similar)
         bot.tree.add_command(self.find_similar_menu)
 
@@ -100,30 +99,6 @@ class Memory(commands.Cog):
             return
         remaining = [int(a["id"]) for a in payload.data.get("attachments", [])]
         await self.memory.message_edited(payload.guild_id, payload.message_id, remaining)
-
-    @commands.Cog.listener()
-    async def on_ready(self) -> None:
-        """Resume images a crash interrupted (once per process; reconnects fire on_ready again)."""
-        if self._resumed:
-            return
-        self._resumed = True
-        for pending in await self.memory.pending():
-            ref = pending.ref
-            channel = self.bot.get_channel(ref.channel_id) or self.bot.get_partial_messageable(ref.channel_id)
-            try:
-                message = await channel.fetch_message(ref.message_id)
-            except discord.NotFound:
-                await self.memory.abandon([ref])  # deleted while we were down
-                continue
-            except discord.HTTPException as exc:
-                log.warning("cannot resume image %s: %s", ref.attachment_id, exc)
-                continue
-            images = [image for image in incoming_images(message) if image.ref and
-                      image.ref.attachment_id == ref.attachment_id]
-            if not images:
-                await self.memory.abandon([ref])
-                continue
-            await self.bot.services.ingestor.ingest(images, rate_limit=False)
 
     # ----- /find -----
 

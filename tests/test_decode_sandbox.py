@@ -21,17 +21,9 @@ from PIL import Image
 from bot.decode_sandbox import DecodeSandbox, DecodeTimedOut
 from bot.errors import UserFacingError
 from bot.imaging import ImageTooManyPixels, UnsupportedImageType, decode_image
+from tests.hostile_corpus import progressive_with_repeated_last_scan
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def scan_bomb_jpeg(repeats: int, side: int = 4096) -> bytes:
-    """A valid progressive JPEG whose last (tiny) scan is repeated: each copy is decoded again."""
-    buffer = io.BytesIO()
-    Image.new("L", (side, side), 128).save(buffer, "JPEG", quality=90, progressive=True)
-    data = buffer.getvalue()
-    last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
-    return data[:last_scan] + data[last_scan:end] * repeats + data[end:]
 
 
 def big_rgba_png(side: int = 7000) -> bytes:
@@ -69,7 +61,7 @@ def test_a_refusal_comes_back_as_the_same_typed_error(sandbox):
 
 
 def test_a_decode_past_the_time_limit_is_killed_and_the_worker_replaced(photo_bytes):
-    bomb = scan_bomb_jpeg(repeats=60)
+    bomb = progressive_with_repeated_last_scan(4096, 60)
     with DecodeSandbox(workers=1, timeout_s=30) as box:
         started = time.perf_counter()
         box.decode(bomb)  # it is a valid picture, only slow: calibrate the limit against this machine

@@ -27,6 +27,7 @@ from bot.inference import (
     InferenceQueue,
     JobTimeout,
     OutOfMemory,
+    Priority,
     QueueBusy,
     QueueClosed,
     WorkerCrashed,
@@ -529,3 +530,395 @@ async def test_metrics_snapshot_and_prometheus_text_are_well_formed():
     ]
     assert buckets == sorted(buckets) and buckets[-1] == snapshot["batch_size"]["image"]["count"]
     assert 'le="+Inf"' in text
+
+
+# ----------------------------------------------------------------------------- priorities and tiers
+
+
+@dataclass(frozen=True)
+class Tiered:
+    tier: str
+    width: int
+
+
+class TieredFake(FakeAnalyzer):
+    """A FakeAnalyzer with the two tiers, a tier-aware ``prepare`` and (optionally) yield points.
+
+    Batches whose widths include one in ``hold`` block on ``gate``; with ``preemptible`` they wait
+    the way a real model does, passing the queue's yield point between "layers" (every few ms), so
+    interactive work can run in the middle of them. ``log`` records (tier, widths) per batch, in the
+    order the batches *finished*.
+    """
+
+    def __init__(self, *, gate: threading.Event | None = None, hold: set[int] | None = None,
+                 preemptible: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.hold_gate = gate
+        self.hold = hold or set()
+        self.preemptible = preemptible
+        self.yield_point: Callable[[], None] = lambda: None
+        self.log: list[tuple[str, list[int]]] = []
+        self.prepared: list[tuple[str, int]] = []
+        self.threads_by_tier: dict[str, set[str]] = {}
+        if preemptible:
+            self.set_yield_point = self._set_yield_point
+
+    def _set_yield_point(self, hook: Callable[[], None] | None) -> None:
+        self.yield_point = hook or (lambda: None)
+
+    def _run(self, tier: str, widths: list[int]) -> None:
+        self.threads_by_tier.setdefault(tier, set()).add(threading.current_thread().name)
+        if self.hold_gate is not None and self.hold & set(widths):
+            self.entered.set()
+            while not self.hold_gate.wait(0.002):
+                self.yield_point()
+        self.log.append((tier, widths))
+
+    def prepare(self, decoded: DecodedImage, tier: str = "full") -> DecodedImage:
+        self.prepared.append((tier, decoded.original_size[0]))
+        return decoded
+
+    def analyze(self, images: Sequence[DecodedImage]) -> list[Marker]:
+        widths = [image.original_size[0] for image in images]
+        self._run("full", widths)
+        return [Marker(*image.original_size) for image in images]
+
+    def analyze_fast(self, images: Sequence[DecodedImage]) -> list[Tiered]:
+        widths = [image.original_size[0] for image in images]
+        self._run("fast", widths)
+        return [Tiered("fast", width) for width in widths]
+
+    def caption(self, images: Sequence[DecodedImage]) -> list[Tiered]:
+        widths = [image.original_size[0] for image in images]
+        self._run("caption", widths)
+        return [Tiered("caption", width) for width in widths]
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self._run("embed", [len(text) for text in texts])
+        return super().embed_texts(texts)
+
+    def clip_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self._run("clip", [len(text) for text in texts])
+        return super().clip_texts(texts)
+
+
+def decoded_png(width: int) -> DecodedImage:
+    return decode_image(png(width))
+
+
+async def bounded(awaitable, what: str):
+    """Await with a hang guard (never reached when the test passes): a failure, not a stuck run."""
+    try:
+        return await asyncio.wait_for(awaitable, GATE_TIMEOUT_S)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def test_interactive_jobs_go_ahead_of_waiting_background_jobs():
+    """No yield points: interactive work waits for the running background batch, then overtakes
+    every background job that was queued before it."""
+    gate = threading.Event()
+    fake = TieredFake(gate=gate, hold={1})
+    async with InferenceQueue(fake, settings(max_batch_size=4, max_wait_ms=0)) as queue:
+        running = asyncio.create_task(queue.analyze(png(1), priority=Priority.BACKGROUND))
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        background = [asyncio.create_task(queue.analyze(png(w), priority=Priority.BACKGROUND)) for w in (10, 11)]
+        await wait_until(lambda: queue.metrics.snapshot()["queued"] == 2, "background jobs queued")
+        interactive = asyncio.create_task(queue.analyze(png(50)))
+        await wait_until(lambda: queue.metrics.snapshot()["decoding"] == 0
+                         and queue.metrics.snapshot()["waiting_interactive"] + queue.metrics.snapshot()["running"] >= 2,
+                         "the interactive job behind the background batch")
+        assert fake.log == []  # the background batch still holds the models
+        gate.set()
+        results = await asyncio.gather(running, interactive, *background)
+    assert [r.width for r in results] == [1, 50, 10, 11]
+    assert fake.log == [("full", [1]), ("full", [50]), ("full", [10, 11])]
+    assert fake.threads_by_tier["full"] == {"imagebot-inference-background", "imagebot-inference-interactive"}
+
+
+async def test_interactive_work_runs_while_a_background_batch_pauses_at_a_yield_point():
+    """With yield points, a background batch that holds the models steps aside: interactive jobs
+    (an analysis and /find's two text jobs) complete while it is still unfinished."""
+    gate = threading.Event()
+    fake = TieredFake(gate=gate, hold={1}, preemptible=True)
+    async with InferenceQueue(fake, settings(max_wait_ms=0)) as queue:
+        held = asyncio.create_task(queue.caption(decoded_png(1)))
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        record = await bounded(queue.analyze(png(50)), "the interactive analysis")
+        vectors, clip_vectors = await bounded(
+            asyncio.gather(queue.embed_texts(["a dog"]), queue.clip_texts(["a dog"])), "the /find query vectors"
+        )
+        assert not held.done() and not gate.is_set()  # the background batch is still in the middle
+        assert record.width == 50 and vectors.shape == (1, 2) and clip_vectors.shape == (1, 2)
+        gate.set()
+        part = await held
+    assert part == Tiered("caption", 1)
+    assert fake.log[-1] == ("caption", [1])  # it finished last, after everything interactive
+    assert {tier for tier, _ in fake.log[:-1]} == {"full", "embed", "clip"}
+    assert queue.metrics.snapshot()["preemptions"] >= 1
+
+
+async def test_without_preemption_the_background_batch_finishes_first():
+    """``preempt_background = false``: the yield point is not installed; interactive waits the batch out."""
+    gate = threading.Event()
+    fake = TieredFake(gate=gate, hold={1}, preemptible=True)
+    async with InferenceQueue(fake, settings(max_wait_ms=0, preempt_background=False)) as queue:
+        held = asyncio.create_task(queue.caption(decoded_png(1)))
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        interactive = asyncio.create_task(queue.embed_texts(["a dog"]))
+        await wait_until(lambda: queue.metrics.snapshot()["running"] == 2, "the interactive job waiting for its turn")
+        assert fake.log == []
+        gate.set()
+        await asyncio.gather(held, interactive)
+    assert fake.log == [("caption", [1]), ("embed", [5])]
+    assert queue.metrics.snapshot()["preemptions"] == 0
+
+
+async def test_background_jobs_are_never_refused_interactive_ones_are_past_max_queued():
+    gate = threading.Event()
+    fake = TieredFake(gate=gate, hold={1})
+    async with InferenceQueue(fake, settings(max_batch_size=8, max_wait_ms=0, max_queued=2)) as queue:
+        running = asyncio.create_task(queue.analyze_fast(png(1)))
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        background = [asyncio.create_task(queue.analyze_fast(png(10 + i))) for i in range(6)]
+        background += [asyncio.create_task(queue.caption(decoded_png(20 + i))) for i in range(3)]
+        await wait_until(lambda: queue.metrics.snapshot()["queued"] == 9, "9 background jobs queued")
+        assert queue.metrics.snapshot()["waiting_background"] == 9  # past max_queued, none refused
+
+        first = asyncio.create_task(queue.analyze(png(50)))
+        await wait_until(lambda: queue.metrics.snapshot()["running"] == 2, "the interactive worker to take it")
+        waiting = [asyncio.create_task(queue.analyze(png(w))) for w in (51, 52)]
+        await wait_until(lambda: queue.metrics.snapshot()["waiting_interactive"] == 2, "2 interactive waiting")
+        with pytest.raises(QueueBusy):
+            await queue.analyze(png(53))
+        with pytest.raises(QueueBusy):
+            await queue.embed_texts(["also interactive"])
+        more = asyncio.create_task(queue.analyze_fast(png(19)))  # background: still accepted
+        await wait_until(lambda: queue.metrics.snapshot()["waiting_background"] == 10, "one more background job")
+
+        gate.set()
+        await asyncio.gather(running, first, *waiting, *background, more)
+    order = [(tier, sorted(widths)) for tier, widths in fake.log]  # two decode threads: any order within a batch
+    assert order[:3] == [("fast", [1]), ("full", [50]), ("full", [51, 52])]
+    assert all(tier in ("fast", "caption") for tier, _ in order[3:])
+    snapshot = queue.metrics.snapshot()
+    assert snapshot["busy"] == 2 and snapshot["jobs"]["ok"] == 14
+
+
+async def test_fast_tier_goes_before_caption_tier_within_background_fifo_within_each():
+    gate = threading.Event()
+    fake = TieredFake(gate=gate, hold={1})
+    async with InferenceQueue(fake, settings(max_batch_size=2, background_batch_size=2, max_wait_ms=0)) as queue:
+        running = asyncio.create_task(queue.analyze_fast(png(1)))
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        jobs = []
+        for width in (20, 21, 22):  # captions first...
+            jobs.append(asyncio.create_task(queue.caption(decoded_png(width))))
+            await wait_until(lambda: queue.metrics.snapshot()["queued"] == len(jobs), "caption queued")
+        for width in (30, 31, 32):  # ...then first looks, which still go first
+            jobs.append(asyncio.create_task(queue.analyze_fast(png(width))))
+            await wait_until(lambda: queue.metrics.snapshot()["queued"] == len(jobs), "fast job queued")
+        lanes = queue.metrics.snapshot()["lanes"]["background"]
+        assert lanes["caption"]["waiting"] == 3 and lanes["fast"]["waiting"] == 3
+        assert lanes["caption"]["oldest_wait_s"] >= lanes["fast"]["oldest_wait_s"] >= 0
+        gate.set()
+        results = await asyncio.gather(running, *jobs)
+    assert fake.log == [("fast", [1]), ("fast", [30, 31]), ("fast", [32]), ("caption", [20, 21]), ("caption", [22])]
+    record, decoded = results[0]
+    assert record == Tiered("fast", 1) and isinstance(decoded, DecodedImage) and decoded.original_size[0] == 1
+    assert results[1:4] == [Tiered("caption", w) for w in (20, 21, 22)]
+    assert [r[0] for r in results[4:]] == [Tiered("fast", w) for w in (30, 31, 32)]
+    # The decode stage prepared each tier's pixels only: the caption tier never decodes again.
+    expected = [("fast", w) for w in (1, 30, 31, 32)] + [("caption", w) for w in (20, 21, 22)]
+    assert sorted(fake.prepared) == sorted(expected)
+
+
+async def test_background_caption_batches_are_capped_at_background_batch_size():
+    gate = threading.Event()
+    fake = TieredFake(gate=gate, hold={1})
+    async with InferenceQueue(fake, settings(max_batch_size=8, max_wait_ms=0, background_batch_size=2)) as queue:
+        running = asyncio.create_task(queue.analyze_fast(png(1)))
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        captions = [asyncio.create_task(queue.caption(decoded_png(w))) for w in (20, 21, 22, 23, 24)]
+        fast = [asyncio.create_task(queue.analyze_fast(png(w))) for w in (30, 31, 32)]
+        await wait_until(lambda: queue.metrics.snapshot()["queued"] == 8, "jobs queued")
+        gate.set()
+        await asyncio.gather(running, *captions, *fast)
+    assert [len(widths) for tier, widths in fake.log if tier == "caption"] == [2, 2, 1]
+    assert [len(widths) for tier, widths in fake.log if tier == "fast"] == [1, 3]
+
+
+async def test_interactive_decodes_go_ahead_of_waiting_background_decodes():
+    decoding = threading.Event()
+    release = threading.Event()
+
+    class SlowDecode(TieredFake):
+        def prepare(self, decoded: DecodedImage, tier: str = "full") -> DecodedImage:
+            if decoded.original_size[0] == 1:
+                decoding.set()
+                assert release.wait(GATE_TIMEOUT_S)
+            return super().prepare(decoded, tier)
+
+    fake = SlowDecode()
+    async with InferenceQueue(fake, settings(decode_workers=1, max_wait_ms=0)) as queue:
+        first = asyncio.create_task(queue.analyze_fast(png(1)))
+        assert await asyncio.to_thread(decoding.wait, GATE_TIMEOUT_S)  # the one decode thread is busy
+        background = [asyncio.create_task(queue.analyze_fast(png(w))) for w in (10, 11, 12)]
+        await wait_until(lambda: queue.metrics.snapshot()["decoding"] == 4, "background decodes waiting")
+        interactive = asyncio.create_task(queue.analyze(png(50)))
+        await wait_until(lambda: queue.metrics.snapshot()["decoding"] == 5, "the interactive decode waiting")
+        release.set()
+        await asyncio.gather(first, interactive, *background)
+    assert [width for _, width in fake.prepared] == [1, 50, 10, 11, 12]
+
+
+async def test_a_crashed_background_worker_fails_its_batch_and_is_replaced():
+    crashed = threading.Event()
+
+    def crash_once(widths: list[int]) -> BaseException | None:
+        if 66 in widths and not crashed.is_set():
+            crashed.set()
+            return RuntimeError("kernel failure in a background batch")
+        return None
+
+    class Crashy(TieredFake):
+        def analyze_fast(self, images: Sequence[DecodedImage]) -> list[Tiered]:
+            if (error := crash_once([image.original_size[0] for image in images])) is not None:
+                raise error
+            return super().analyze_fast(images)
+
+    fake = Crashy()
+    async with InferenceQueue(fake, settings(max_wait_ms=0)) as queue:
+        with pytest.raises(WorkerCrashed):
+            await queue.analyze_fast(png(66))
+        record, _ = await queue.analyze_fast(png(67))  # served by the new background worker
+        assert record == Tiered("fast", 67)
+        assert (await queue.analyze(png(68))).width == 68  # the interactive worker never noticed
+    snapshot = queue.metrics.snapshot()
+    assert snapshot["worker_restarts"] == 1 and snapshot["jobs_by_kind"]["fast"] == {"ok": 1, "worker_crashed": 1}
+
+
+async def test_close_drains_both_priorities():
+    gate = threading.Event()
+    fake = TieredFake(gate=gate, hold={1})
+    queue = InferenceQueue(fake, settings(max_wait_ms=0))
+    await queue.start()
+    held = asyncio.create_task(queue.analyze_fast(png(1)))
+    assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+    waiting = [asyncio.create_task(queue.caption(decoded_png(20))), asyncio.create_task(queue.analyze(png(50)))]
+    await wait_until(lambda: queue.metrics.snapshot()["queued"] + queue.metrics.snapshot()["running"] == 3, "queued")
+    closing = asyncio.create_task(queue.close())
+    gate.set()
+    await closing
+    results = [await task for task in (held, *waiting)]
+    assert results[0][0] == Tiered("fast", 1) and results[1] == Tiered("caption", 20) and results[2].width == 50
+    assert not queue.running
+
+
+async def test_the_two_tiers_through_the_queue_make_the_full_analysis(analyzer, photos):
+    async with InferenceQueue(analyzer, settings(max_wait_ms=0)) as queue:
+        for name in ("astronaut", "coffee"):
+            fast, decoded = await queue.analyze_fast(photos[name], filename=f"{name}.jpg")
+            assert fast.caption_pending and fast.caption == "" and fast.caption_embedding == []
+            assert isinstance(decoded, DecodedImage)
+            part = await queue.caption(decoded)
+            full = await queue.analyze(photos[name], filename=f"{name}.jpg")
+            assert fast.with_caption(part) == full
+    kinds = queue.metrics.snapshot()["jobs_by_kind"]
+    assert kinds["fast"] == {"ok": 2} and kinds["caption"] == {"ok": 2} and kinds["image"] == {"ok": 2}
+    assert queue.metrics.snapshot()["images_total"] == 4  # full analyses and completed captions
+
+
+async def test_a_real_background_batch_paused_inside_blip_gives_the_same_results(analyzer, photos):
+    """Preemption in the middle of BLIP's generate() (between decoder layers) with the tiny models:
+    the interactive analysis runs to the end on the same weights meanwhile, and both results equal
+    the analyzer's own, undisturbed answers."""
+    inside = threading.Event()
+    go = threading.Event()
+
+    def pause_once(_module, _args) -> None:
+        if threading.current_thread().name == "imagebot-inference-background" and not inside.is_set():
+            inside.set()
+            assert go.wait(GATE_TIMEOUT_S)
+
+    expected_caption = analyzer.caption([decode_image(photos["rocket"])])[0]
+    expected_full = analyzer.analyze([decode_image(photos["chelsea"])])[0]
+    handle = analyzer.captioner.model.text_decoder.register_forward_pre_hook(pause_once)
+    try:
+        async with InferenceQueue(analyzer, settings(max_wait_ms=0)) as queue:
+            held = asyncio.create_task(queue.caption(decode_image(photos["rocket"])))
+            assert await asyncio.to_thread(inside.wait, GATE_TIMEOUT_S)
+            interactive = asyncio.create_task(queue.analyze(photos["chelsea"]))
+            await wait_until(lambda: queue.metrics.snapshot()["decoding"] == 0
+                             and queue.metrics.snapshot()["queued"] + queue.metrics.snapshot()["running"] == 2,
+                             "the interactive job queued behind the paused caption batch")
+            go.set()  # the caption batch goes on to its next decoder layer, and steps aside there
+            full = await bounded(interactive, "the interactive analysis")
+            assert not held.done()
+            part = await bounded(held, "the caption batch")
+            preemptions = queue.metrics.snapshot()["preemptions"]
+    finally:
+        handle.remove()
+    assert preemptions >= 1
+    assert part == expected_caption
+    assert full == expected_full
+
+
+# ----------------------------------------------------------------------------- lane and source metrics
+
+
+def assert_prometheus_well_formed(text: str) -> dict[str, str]:
+    families: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            families[name] = kind
+            continue
+        if line.startswith("# HELP "):
+            continue
+        assert _SAMPLE.match(line), line
+        name = re.split(r"[{ ]", line, maxsplit=1)[0]
+        base = re.sub(r"_(bucket|sum|count)$", "", name) if name not in families else name
+        assert base in families, f"sample {name} before its # TYPE line"
+    return families
+
+
+async def test_lane_depths_ages_and_registered_sources_reach_prometheus_and_status():
+    from bot.status_report import status_lines
+
+    gate = threading.Event()
+    fake = TieredFake(gate=gate, hold={1})
+
+    def broken() -> dict[str, float]:
+        raise RuntimeError("a source that fails must not break /status")
+
+    async with InferenceQueue(fake, settings(max_wait_ms=0)) as queue:
+        queue.metrics.register_source("ingest", lambda: {"backlog_fast": 3, "backlog_caption": 12,
+                                                         "oldest_wait_s": 41.5, "drops_total": 2})
+        queue.metrics.register_source("broken", broken)
+        held = asyncio.create_task(queue.analyze_fast(png(1)))
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        captions = [asyncio.create_task(queue.caption(decoded_png(w))) for w in (20, 21)]
+        await wait_until(lambda: queue.metrics.snapshot()["queued"] == 2, "captions queued")
+        text = queue.metrics.prometheus_text()
+        snapshot = queue.metrics.snapshot()
+        gate.set()
+        await asyncio.gather(held, *captions)
+
+    families = assert_prometheus_well_formed(text)
+    assert families["imagebot_inference_lane_waiting"] == "gauge"
+    assert families["imagebot_inference_lane_oldest_wait_seconds"] == "gauge"
+    assert 'imagebot_inference_lane_waiting{priority="background",kind="caption"} 2' in text
+    assert 'imagebot_inference_lane_waiting{priority="interactive",kind="image"} 0' in text
+    assert families["imagebot_ingest_backlog_caption"] == "gauge"
+    assert families["imagebot_ingest_drops_total"] == "counter"
+    assert "imagebot_ingest_backlog_caption 12" in text and "imagebot_ingest_oldest_wait_s 41.5" in text
+    assert "imagebot_broken" not in text
+    assert families["imagebot_inference_preemptions_total"] == "counter"
+    assert snapshot["lanes"]["background"]["caption"]["waiting"] == 2
+    assert snapshot["sources"] == {"ingest": {"backlog_fast": 3.0, "backlog_caption": 12.0,
+                                              "oldest_wait_s": 41.5, "drops_total": 2.0}}
+    lines = dict(status_lines(snapshot))
+    assert lines["Lanes"].startswith("background caption 2 (oldest ")
+    assert lines["Queue"] == "0 interactive waiting of 64 · 2 background waiting · 1 running"
+    assert lines["Ingest"] == "backlog caption 12 · backlog fast 3 · drops total 2 · oldest wait s 41.50"

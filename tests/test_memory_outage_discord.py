@@ -55,6 +55,7 @@ async def test_chroma_killed_and_back_without_a_restart(http_bot, chroma, discor
     deleted = await post_image(server, world.general, world.alice, "rocket", photos["rocket"])
     forgotten = await post_image(server, world.general, world.bob, "coffee", photos["coffee"])
     assert store_count(bot, guild) == 3
+    await server.wait_until(lambda: bot.services.backlog.idle, timeout=20, what="their captions stored too")
 
     chroma.kill()
 

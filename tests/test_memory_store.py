@@ -12,16 +12,17 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bot.analysis import ImageAnalysis, Scored, Sentiment
+from bot.analysis import PENDING_CAPTION, ImageAnalysis, Scored, Sentiment
 from bot.config import MemorySettings, Settings
 from bot.memory.records import ImageRef, from_metadata, to_metadata
-from bot.memory.store import AsyncImageStore, ImageStore
+from bot.memory.store import INDEX_KEYS, AsyncImageStore, ImageStore
 
 GUILD_A, GUILD_B = 900_000_000_000_000_001, 900_000_000_000_000_002
 PUBLIC, OTHER, PRIVATE, ADULT = 11, 12, 13, 14
@@ -340,6 +341,157 @@ async def test_async_wrapper(tmp_path):
     assert ids(hits)[0] == 1
     assert await memory.delete_message(GUILD_A, 10) == 1
     assert await memory.count(GUILD_A) == 5
+
+
+# ----- two-tier analysis: fast-tier records (CLIP first, the caption later) -----
+
+def fast(full: ImageAnalysis, mood: str = "positive") -> ImageAnalysis:
+    """The fast tier of ``full``: labels, image topic and vector known; no caption, the image's own mood."""
+    image_mood = Sentiment.from_scores({"negative": 0.1, "neutral": 0.1, "positive": 0.1, mood: 0.8})
+    return replace(full, caption="", caption_embedding=[], caption_topics=[], caption_pending=True,
+                   sentiment=image_mood, image_sentiment=image_mood)
+
+
+def collections(store: ImageStore, guild=GUILD_A):
+    return (store.client.get_collection(store.collection_name(guild, None, "text"), embedding_function=None),
+            store.client.get_collection(store.collection_name(guild, None, "clip"), embedding_function=None))
+
+
+def clip_entry(store: ImageStore, attachment_id: int) -> dict:
+    _, clip = collections(store)
+    return clip.get(ids=[str(attachment_id)], include=["metadatas"])["metadatas"][0]
+
+
+def test_a_fast_tier_record_is_findable_then_completed_in_place(store):
+    text_vec, clip_vec = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    full = analysis(text_vec, clip_vec, caption="a dog on a beach", sentiment="neutral", topic="animals")
+    store.upsert(ref(1), fast(full))
+    store.upsert(ref(1), fast(full))  # idempotent like any upsert
+    text, clip = collections(store)
+    assert (text.count(), clip.count()) == (0, 1)  # no caption vector: the caption space has no record
+    assert clip_entry(store, 1)["caption_pending"] is True
+    assert store.count(GUILD_A) == 1
+    assert store.has(GUILD_A, [1]) == {1} and store.has(GUILD_A, [1], captioned=True) == set()
+
+    pending = store.get(GUILD_A, [1])[1]
+    assert pending.caption_pending and pending.caption == "" and pending.display_caption == PENDING_CAPTION
+    assert pending.labels == ["dog", "park", "photograph"] and pending.topic == "animals"
+    assert pending.sentiment == "positive" and pending.caption_sentiment is None  # the image's own mood
+    assert pending.caption_topic is None
+    every = dict(visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE)
+    assert [i.attachment_id for i in store.browse(GUILD_A, **every)] == [1]
+    assert [i.caption_pending for i in store.images(GUILD_A, **every)] == [True]
+    assert [i.attachment_id for i in store.images(GUILD_A, **every, sentiment="positive")] == [1]
+    assert store.caption_vectors(GUILD_A)[0] == []  # nothing to cluster yet
+    assert ids(store.similar(GUILD_A, clip_vec, **every)) == [1]
+
+    store.upsert(ref(1), full)  # the caption tier lands: the same attachment id, replaced fully
+    assert (text.count(), clip.count()) == (1, 1)
+    done = store.get(GUILD_A, [1])[1]
+    assert not done.caption_pending and done.caption == "a dog on a beach" and done.display_caption == done.caption
+    assert done.sentiment == done.caption_sentiment == "neutral" and done.caption_topic == "animals"
+    # The clip entry is back to the index keys: the fast-tier record's other keys are gone, not merged in.
+    assert set(clip_entry(store, 1)) == set(INDEX_KEYS) and clip_entry(store, 1)["caption_pending"] is False
+    assert store.has(GUILD_A, [1], captioned=True) == {1}
+    assert [i.attachment_id for i in store.images(GUILD_A, **every)] == [1]
+    images, vectors = store.caption_vectors(GUILD_A)
+    assert [i.attachment_id for i in images] == [1] and np.allclose(vectors[0], full.caption_embedding, atol=1e-5)
+    assert ids(search(store, text=text_vec, limit=1)) == [1]
+
+
+def test_a_late_fast_tier_never_downgrades_a_complete_record(store):
+    full = analysis(caption="a cat on a sofa")
+    store.upsert(ref(1), full)
+    store.upsert(ref(1), fast(full))  # late, or replayed after a crash: skipped
+    assert store.upsert_many([(ref(1), fast(full))]) == 1  # counted: the image is stored (completely)
+    kept = store.get(GUILD_A, [1])[1]
+    assert not kept.caption_pending and kept.caption == "a cat on a sofa"
+    assert set(clip_entry(store, 1)) == set(INDEX_KEYS)
+    assert store.has(GUILD_A, [1], captioned=True) == {1}
+    # In one batch too, whichever order the two tiers come in.
+    store.upsert_many([(ref(2), analysis(caption="two")), (ref(2), fast(analysis()))])
+    store.upsert_many([(ref(3), fast(analysis())), (ref(3), analysis(caption="three"))])
+    assert {i: image.caption for i, image in store.get(GUILD_A, [1, 2, 3]).items()} == {
+        1: "a cat on a sofa", 2: "two", 3: "three"}
+    text, _ = collections(store)
+    assert text.count() == 3
+
+
+def test_deletes_and_forget_remove_fast_tier_records(store):
+    store.upsert_many([(ref(1, message=500), fast(analysis())), (ref(2, message=500), analysis()),
+                       (ref(3, author=BOB), fast(analysis())), (ref(4, guild=None, author=BOB), fast(analysis()))])
+    assert store.sync_message(GUILD_A, 500, [2]) == 1
+    assert store.forget_user(GUILD_A, BOB) == 1
+    assert store.delete_message(None, 40) == 1  # a DM delete that doesn't say whose DM it was
+    assert store.has(GUILD_A, [1, 2, 3]) == {2} and store.count(GUILD_A) == 1
+
+
+def test_fast_tier_records_respect_channel_and_nsfw_visibility(store):
+    clip = random_vector(CLIP_DIM)
+    store.upsert_many([(ref(1, channel=PRIVATE), fast(analysis(None, near(clip, 0.05)))),
+                       (ref(2, channel=ADULT, nsfw=True), fast(analysis(None, near(clip, 0.05)))),
+                       (ref(3), fast(analysis()))])
+    for call in (lambda: search(store, text=random_vector(TEXT_DIM), clip=clip, visible={PUBLIC}, limit=10),
+                 lambda: store.similar(GUILD_A, clip, visible_channel_ids={PUBLIC}, allow_nsfw=False,
+                                       requester_id=ALICE)):
+        assert ids(call()) == [3]
+    every = dict(visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE)
+    assert [i.attachment_id for i in store.images(GUILD_A, **every)] == [3]
+    assert [i.attachment_id for i in store.browse(GUILD_A, **every)] == [3]
+
+
+def test_search_finds_a_fast_tier_record_by_clip_text(store):
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    store.upsert(ref(1), fast(analysis(near(text, 0.05), near(clip, 0.2))))  # its caption vector is never stored
+    store.upsert_many([(ref(100 + i), analysis()) for i in range(40)])
+    hits = search(store, text=text, clip=clip, limit=5)
+    top = hits[0]
+    assert top.image.attachment_id == 1 and top.image.caption_pending
+    assert (top.text_rank, top.clip_rank) == (None, 1) and top.text_similarity is None
+    assert top.score == pytest.approx(2 / 61)  # its CLIP rank stands in for the caption rank it lacks
+    assert ids(search(store, clip=clip, limit=1)) == [1]
+    assert search(store, clip=clip, limit=1)[0].score == pytest.approx(1 / 61)  # one space: nothing to stand in
+    assert 1 not in ids(search(store, text=text, limit=50))  # the caption space has nothing of it
+
+
+def test_hybrid_ranking_with_a_mix_of_complete_and_fast_tier_records(store):
+    text, clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    store.upsert_many([
+        (ref(1), analysis(near(text, 0.05), near(clip, 0.1))),  # the exact caption match, a good image too
+        (ref(2), fast(analysis(None, near(clip, 0.4)))),  # pending, a fair image match
+        (ref(3), analysis(near(text, 0.3), -clip)),  # a good caption, the opposite image
+        (ref(4), fast(analysis(None, near(clip, 0.8)))),  # pending, a weaker image match
+    ])
+    store.upsert_many([(ref(100 + i), analysis()) for i in range(30)])
+    store.upsert_many([(ref(200 + i), fast(analysis())) for i in range(10)])
+    hits = search(store, text=text, clip=clip, limit=40)
+    ranks = {hit.image.attachment_id: (hit.text_rank, hit.clip_rank) for hit in hits}
+    # The exact caption match first as ever; pending pictures by their CLIP rank, above the caption-only hit.
+    assert ids(hits)[:3] == [1, 2, 4]
+    assert ranks[1] == (1, 1) and ranks[2] == (None, 2) and ranks[4] == (None, 3) and ranks[3] == (2, 44)
+    assert ids(hits).index(3) > 2
+    assert [hit.image.caption_pending for hit in hits[:3]] == [False, True, True]
+    assert all(hit.text_rank is None for hit in hits if hit.image.caption_pending)
+    assert all(hit.image.display_caption == PENDING_CAPTION for hit in hits if hit.image.caption_pending)
+    # A space of fast-tier records only (no caption vector at all) ranks by CLIP.
+    store.delete_attachments(GUILD_A, [1, 2, 3, 4, *range(100, 130)])
+    store.upsert_many([(ref(1), fast(analysis(None, near(clip, 0.1)))),
+                       (ref(2), fast(analysis(None, near(clip, 0.5))))])
+    only = search(store, text=text, clip=clip, limit=3)
+    assert ids(only)[:2] == [1, 2] and [hit.clip_rank for hit in only] == [1, 2, 3]
+    assert [hit.score for hit in only] == pytest.approx([2 / 61, 2 / 62, 2 / 63])
+
+
+def test_fast_tier_then_complete_over_http(tmp_path, chroma_server):
+    """The same upgrade against a real server: None deletes a metadata key over HTTP too."""
+    store = ImageStore.open(settings_for(tmp_path, backend="http", port=chroma_server, collection_prefix="tiers"))
+    full = analysis(caption="a boat")
+    store.upsert(ref(1), fast(full))
+    assert store.get(GUILD_A, [1])[1].caption_pending and store.has(GUILD_A, [1], captioned=True) == set()
+    store.upsert(ref(1), full)
+    store.upsert(ref(1), fast(full))
+    assert store.get(GUILD_A, [1])[1].caption == "a boat"
+    assert set(clip_entry(store, 1)) == set(INDEX_KEYS)
 
 
 # ----- real photos through the tiny models -----

@@ -213,3 +213,67 @@ def test_half_precision_pipeline_gives_finite_records(tiny_settings, photos, dty
         assert all(0.0 <= scored.score <= 1.0 for tags in record.labels.values() for scored in tags)
     texts = half.clip_texts(["a dog", "a rocket"])
     assert texts.dtype == np.float32 and texts.shape == (2, 32) and np.isfinite(texts).all()
+
+
+def test_fast_tier_plus_caption_tier_equals_the_full_analysis(analyzer, photos):
+    """``analyze_fast(x)[i].with_caption(caption(x)[i]) == analyze(x)[i]``, field for field, on plain
+    decoded images and on each tier's own prepared pixels alike."""
+    from bot.analysis import ImageAnalysis
+
+    decoded = [decode_image(photos[name]) for name in ("astronaut", "chelsea", "coffee")]
+    full = analyzer.analyze(decoded)
+    fast = analyzer.analyze_fast(decoded)
+    parts = analyzer.caption(decoded)
+    assert len(fast) == len(parts) == 3
+    for record, part, whole in zip(fast, parts, full, strict=True):
+        assert record.caption_pending and record.caption == ""
+        assert record.caption_embedding == [] and record.caption_topics == []
+        assert record.image_sentiment is not None and record.sentiment == record.image_sentiment
+        assert set(record.model_ids) == {"tagger"}
+        assert set(part.model_ids) == {"captioner", "embedder", "sentiment"}
+        completed = record.with_caption(part)
+        assert not completed.caption_pending
+        for name in ImageAnalysis.__dataclass_fields__:
+            assert getattr(completed, name) == getattr(whole, name), name
+        assert completed == whole
+    # Prepared in the decode threads, one tier's pixels each: the same records.
+    assert analyzer.analyze_fast([analyzer.prepare(item, "fast") for item in decoded]) == fast
+    assert analyzer.caption([analyzer.prepare(item, "caption") for item in decoded]) == parts
+    # A fast-tier item handed to the full analysis still gets its caption (from the PIL image).
+    assert analyzer.analyze([analyzer.prepare(item, "fast") for item in decoded]) == full
+    assert analyzer.analyze_fast([]) == [] and analyzer.caption([]) == []
+
+
+def test_fast_tier_mood_is_neutral_without_an_image_sentiment_label_set(analyzer, photos):
+    from bot.pipeline import NEUTRAL
+
+    label_sets = dict(analyzer.tagger.label_sets)
+    analyzer.tagger.set_label_sets({name: s for name, s in label_sets.items() if name != "sentiment"})
+    try:
+        (record,) = analyzer.analyze_fast([decode_image(photos["rocket"])])
+    finally:
+        analyzer.tagger.set_label_sets(label_sets)
+    assert record.image_sentiment is None and record.sentiment == NEUTRAL and record.sentiment.label == "neutral"
+    assert "Mood: neutral" in record.context_line() and "caption not written yet" in record.context_line()
+
+
+def test_yield_points_run_between_layers_of_every_role(analyzer, photos):
+    """The hook the queue installs is called inside each model (BLIP, CLIP, MiniLM, RoBERTa), from
+    the thread running it, and changes nothing in the results."""
+    calls: list[int] = []
+    before = analyzer.analyze([decode_image(photos["coffee"])])
+    analyzer.set_yield_point(lambda: calls.append(1))
+    try:
+        after = analyzer.analyze([decode_image(photos["coffee"])])
+        during_analysis = len(calls)
+        analyzer.embed_texts(["a dog"])
+        analyzer.clip_texts(["a dog"])
+        analyzer.score_sentiment(["a dog"])
+    finally:
+        analyzer.set_yield_point(None)
+    assert after == before
+    # More than one call per role: every layer of BLIP's towers (per generated token), CLIP, text.
+    assert during_analysis > 20 and len(calls) > during_analysis + 3
+    calls.clear()
+    analyzer.analyze([decode_image(photos["coffee"])])
+    assert calls == []

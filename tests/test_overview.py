@@ -27,11 +27,11 @@ from bot.overview.backfill import NOT_STORED, Backfill, BackfillBusy, ScannedMes
 from bot.overview.charts import Chart, stats_charts
 from bot.overview.compare import compare_images, render_compare, report_dict
 from bot.overview.cursors import BackfillCursors
-from bot.overview.gallery import SORTS, sort_images
+from bot.overview.gallery import SORTS, mood_note, sort_images
 from bot.overview.paths import topic_model_path
 from bot.overview.render import progress_text, report_text, stats_sections, topics_text
 from bot.overview.service import Filters, OverviewService
-from bot.overview.stats import MAX_BUCKETS, compute_stats, timeline
+from bot.overview.stats import MAX_BUCKETS, compute_stats, timeline, waiting_for_captions
 from bot.overview.topics import (
     TopicModel,
     cluster_captions,
@@ -95,6 +95,18 @@ def stored(attachment_id: int, *, when: datetime = T0, sentiment: str = "neutral
         tags=list(labels), top_label_by_set={}, sentiment=sentiment, sentiment_scores=scores(sentiment, strength),
         image_sentiment=image_sentiment, topic=topic, caption_topic=caption_topic,
     )
+
+
+def pending(attachment_id: int, *, mood: str = "positive", **kwargs) -> StoredImage:
+    """A fast-tier record as the store reads it back: no caption yet, ``sentiment`` the image's own mood."""
+    image = stored(attachment_id, sentiment=mood, image_sentiment=mood, **kwargs)
+    return replace(image, caption="", caption_topic=None, caption_pending=True)
+
+
+def fast(full: ImageAnalysis) -> ImageAnalysis:
+    """The fast tier of ``full`` (what the pipeline stores first)."""
+    return replace(full, caption="", caption_embedding=[], caption_topics=[], caption_pending=True,
+                   sentiment=full.image_sentiment or full.sentiment)
 
 
 def settings_for(tmp_path: Path) -> Settings:
@@ -166,6 +178,29 @@ def test_caption_vectors_come_back_with_their_records(store):
     assert found.shape == (5, TEXT_DIM) and np.allclose(found, expected, atol=1e-5)
     empty_images, empty = store.caption_vectors(GUILD + 1)
     assert empty_images == [] and empty.size == 0
+
+
+def test_fast_tier_records_are_read_back_but_have_no_caption_vector(store):
+    store.upsert(ref(1, when=T0), analysis(caption="a dog"))
+    store.upsert(ref(2, when=T0 + timedelta(minutes=1)), fast(analysis(image_sentiment="negative", seed=2)))
+    store.upsert(ref(3, when=T0 + timedelta(minutes=2), channel=PRIVATE), fast(analysis(seed=3)))
+    images = store.images(GUILD, visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE)
+    assert [(i.attachment_id, i.caption_pending) for i in images] == [(1, False), (2, True)]
+    assert images[1].sentiment == "negative" and images[1].caption_sentiment is None
+    negative = store.images(GUILD, visible_channel_ids=None, allow_nsfw=True, requester_id=ALICE, sentiment="negative")
+    assert [i.attachment_id for i in negative] == [2]  # a pending picture matches by its own mood
+    with_vectors, vectors = store.caption_vectors(GUILD)
+    assert [i.attachment_id for i in with_vectors] == [1] and vectors.shape == (1, TEXT_DIM)
+    store.upsert(ref(2, when=T0 + timedelta(minutes=1)), analysis(caption="a cat", seed=2))  # the caption lands
+    assert [i.attachment_id for i in store.caption_vectors(GUILD)[0]] == [1, 2]
+
+
+def test_clustering_leaves_out_pictures_without_a_caption():
+    vectors, _ = grouped_vectors(per_group=4)
+    images = clustered_images(per_group=4)
+    images[1] = replace(images[1], caption="", caption_pending=True)  # e.g. a caller that read all records
+    model = cluster_captions(GUILD, images, vectors, k=3)
+    assert model.images == 11 and images[1].attachment_id not in {m for c in model.clusters for m in c.members}
 
 
 # --------------------------------------------------------------------------- stats
@@ -242,6 +277,42 @@ def test_stats_text_carries_the_chart_numbers():
     assert f"1. <@{ALICE}> — 2 (40%)" in sections[3].text and f"2. <@{BOB}> — 2 (40%)" in sections[3].text
 
 
+def test_stats_count_pictures_waiting_for_their_caption_apart():
+    """The mood chart is the captions' mood; a fast-tier picture's only mood is the image's own, so it is
+    counted apart, while the topics, labels and posters (known from CLIP) include it."""
+    images = [
+        *sample_images(),
+        pending(6, when=T0 - timedelta(days=1), mood="negative", topic="animals", labels=("dog",)),
+        pending(7, when=T0, mood="positive", topic="travel", labels=("boat",), author=CAROL),
+    ]
+    stats = compute_stats(images, since=T0 - timedelta(days=7), now=T0, granularity="day")
+    assert (stats.total, stats.pending, stats.captioned) == (6, 2, 4)
+    assert stats.sentiment_totals == {"negative": 1, "neutral": 1, "positive": 2}  # as without them
+    by_day = {bucket.label: bucket.counts for bucket in stats.timeline if bucket.total}
+    assert by_day["2026-04-30"] == {"negative": 0, "neutral": 0, "positive": 1}  # not the pending negative one
+    assert sum(bucket.total for bucket in stats.timeline) == 4
+    assert stats.topics[:2] == (("animals", 3), ("food and drink", 1)) and ("travel", 1) in stats.topics
+    assert ("dog", 3) in stats.labels and ("boat", 1) in stats.labels
+    assert stats.posters == ((ALICE, 2), (BOB, 2), (CAROL, 2))  # pending pictures count for their posters
+    assert stats.image_sentiment_agreement == (1, 2)  # their two moods are one reading, not an agreement
+
+    text = stats_sections(stats, scope="in the last 7 days")[0].text
+    assert "**6 picture(s)** in 2 channel(s)" in text
+    assert "positive 2 (50%) · neutral 1 (25%) · negative 1 (25%)" in text  # shares of the captioned ones
+    assert "2 pictures still waiting for their caption" in text
+    mood = stats_charts(stats)[0]
+    assert sum(map(sum, mood.series.values())) == 4
+    assert "Not in this chart: 2 pictures still waiting for their caption." in mood.alt_text
+    for series, colour in mood.colours.items():
+        assert count_bars(mood.png, colour, mood) == mood.bars(series)
+
+    only_pending = compute_stats([pending(1), pending(2)], since=None, now=T0)
+    assert (only_pending.total, only_pending.pending, only_pending.sentiment_totals["positive"]) == (2, 2, 0)
+    assert "positive 0 (0%)" in stats_sections(only_pending, scope="all time")[0].text
+    assert waiting_for_captions(1) == "1 picture still waiting for its caption"
+    assert "waiting" not in stats_sections(compute_stats(sample_images(), since=None, now=T0), scope="x")[0].text
+
+
 # --------------------------------------------------------------------------- gallery order
 
 
@@ -262,6 +333,26 @@ def test_gallery_sorts():
     assert order("saddest") == [2, 4, 1, 3]
     assert order("topic") == [4, 2, 1, 3]  # animals (newest first), travel, then no topic
     assert set(SORTS) == {"newest", "oldest", "happiest", "saddest", "topic"}
+
+
+def test_gallery_mood_sorts_put_pictures_without_a_caption_last():
+    """Their only mood is the image's own, on another scale: not ranked among caption moods, but after
+    every captioned picture (newest first), in both mood orders; the other orders treat them like any."""
+    images = [
+        stored(1, when=T0, sentiment="positive", strength=0.6),
+        stored(2, when=T0 + timedelta(hours=1), sentiment="negative"),
+        pending(5, when=T0 - timedelta(hours=3), mood="positive", topic="travel"),
+        pending(6, when=T0 + timedelta(hours=3), mood="negative", topic=None),
+    ]
+
+    def order(sort: str) -> list[int]:
+        return [image.attachment_id for image in sort_images(images, sort)]
+
+    assert order("happiest") == [1, 2, 6, 5]
+    assert order("saddest") == [2, 1, 6, 5]
+    assert order("newest") == [6, 2, 1, 5]
+    assert order("topic") == [2, 1, 5, 6]  # animals, travel (by the image's topic), then no topic
+    assert mood_note(images[2]) == "mood: waiting for the caption" and mood_note(images[0]) == "mood +0.40"
 
 
 # --------------------------------------------------------------------------- compare
@@ -307,6 +398,22 @@ def test_compare_counts_agreement_per_class_with_kappa(compare_store):
     assert "agree on 4 of 6 images (67%), Cohen's kappa 0.50" in text
     assert "caption says neutral, image says positive: “caption 4”" in text
     assert report_dict(report)["sentiment"]["matrix"] == [[1, 1, 0], [0, 1, 1], [0, 0, 2]]
+
+
+def test_compare_counts_pictures_without_a_caption_as_one_reading(compare_store):
+    # Its "sentiment" is the image's own mood until the caption lands: the same reading twice, not agreement.
+    compare_store.upsert(ref(8, when=T0 + timedelta(minutes=8)),
+                         fast(analysis(sentiment="neutral", image_sentiment="positive", topic="animals")))
+    images = compare_store.images(GUILD, visible_channel_ids=None, allow_nsfw=True, requester_id=0)
+    report = compare_images(images)
+    assert report.images == 8 and report.pending == 1
+    assert (report.sentiment.compared, report.sentiment.agreed, report.sentiment.missing) == (6, 4, 2)
+    assert (report.topic.compared, report.topic.agreed, report.topic.missing) == (7, 4, 1)
+    assert 8 not in {image.attachment_id for image in report.sentiment.disagreements + report.topic.disagreements}
+    text = render_compare(report)
+    assert text.startswith("8 stored image(s), 1 still waiting for their caption (only one reading each)")
+    assert "2 image(s) with only one reading left out" in text
+    assert report_dict(report)["pending"] == 1
 
 
 def test_compare_folds_rare_classes_and_handles_nothing():
@@ -677,6 +784,28 @@ async def test_service_reads_through_the_audience_and_discovered_topics(tmp_path
     with pytest.raises(ValueError, match="period"):
         await service.stats(alice, Filters(), period="decade", now=T0)
     assert isinstance(await service.topic_model(GUILD), TopicModel) and await service.topic_model(None) is None
+
+
+async def test_service_stats_and_gallery_with_pictures_waiting_for_their_caption(tmp_path):
+    settings = settings_for(tmp_path)
+    store = ImageStore.open(settings)
+    store.upsert(ref(1, when=T0), analysis(sentiment="positive", image_sentiment="positive"))
+    store.upsert(ref(2, when=T0 + timedelta(minutes=1)), analysis(sentiment="negative"))
+    store.upsert(ref(3, when=T0 + timedelta(minutes=2)), fast(analysis(image_sentiment="positive", seed=3)))
+    store.upsert(ref(4, when=T0 + timedelta(minutes=3), channel=PRIVATE), fast(analysis(seed=4)))
+    service = OverviewService(AsyncImageStore(store), settings)
+    alice = everyone(channels={PUBLIC}, nsfw=False)
+    stats = await service.stats(alice, Filters(), period="all", now=T0 + timedelta(hours=1))
+    assert (stats.total, stats.pending) == (3, 1)
+    assert stats.sentiment_totals == {"negative": 1, "neutral": 0, "positive": 1}
+    assert stats.image_sentiment_agreement == (1, 1)
+    happiest = await service.gallery(alice, Filters(), sort="happiest")
+    assert [(image.attachment_id, image.caption_pending) for image in happiest] == [(1, False), (2, False), (3, True)]
+    # The caption lands: the picture moves into the mood counts and among the moods.
+    store.upsert(ref(3, when=T0 + timedelta(minutes=2)), analysis(sentiment="positive", strength=0.95, seed=3))
+    stats = await service.stats(alice, Filters(), period="all", now=T0 + timedelta(hours=1))
+    assert (stats.total, stats.pending, stats.sentiment_totals["positive"]) == (3, 0, 2)
+    assert [image.attachment_id for image in await service.gallery(alice, Filters(), sort="happiest")] == [3, 1, 2]
 
 
 def test_cli_topics_clusters_saves_and_prints(tmp_path, capsys, analyzer, monkeypatch):

@@ -39,6 +39,18 @@ def records(bot, guild_id: int, messages) -> list[StoredImage]:
     return list(found.values())
 
 
+async def captions_written(server, bot, messages) -> None:
+    """Wait until every picture of ``messages`` has its caption: a picture is seen (👀) after its first
+    look (labels, CLIP), its caption may land later and change its mood, so tests that compare what the
+    bot shows with the store wait for the complete records first."""
+    by_guild: dict[int, set[int]] = {}
+    for message in messages:
+        by_guild.setdefault(message.channel.guild.id, set()).update(a.id for a in message.attachments)
+    await server.wait_until(lambda: all(memory_store(bot).has(guild, ids, captioned=True) == ids
+                                        for guild, ids in by_guild.items()),
+                            timeout=TIMEOUT, what="every caption written")
+
+
 def assert_charts_match(reply, images: list[StoredImage]) -> None:
     """The PNGs the bot attached draw exactly the bars the same records give (counted by colour)."""
     expected = stats_charts(compute_stats(images, since=None, now=datetime.now(UTC)))
@@ -60,6 +72,7 @@ async def test_stats_charts_count_only_what_the_requester_may_see(imagebot, disc
     secret = await post_image(server, world.secret, world.bob, "chelsea", photos["chelsea"])
     adult = await post_image(server, world.nsfw, world.bob, "coffee", photos["coffee"])
     guild = world.guild.id
+    await captions_written(server, imagebot, [*mine, secret, adult])
 
     _, for_alice = await command(server, world.general, world.alice, "stats")
     assert for_alice.ephemeral and len(for_alice.embeds) == 4
@@ -110,6 +123,7 @@ async def test_gallery_pages_sorts_and_filters_within_the_privacy_rules(imagebot
               for i, name in enumerate(names)]
     hidden = await post_image(server, world.secret, world.bob, "hidden", photos["astronaut"])
     url = [m.attachments[0].url for m in posted]
+    await captions_written(server, imagebot, [*posted, hidden])
 
     _, newest = await command(server, world.general, world.alice, "gallery")
     assert newest.ephemeral and newest.content.startswith("**6 picture(s)** · newest first")
@@ -249,10 +263,11 @@ async def test_index_backfills_resumably_with_progress_and_adds_nothing_twice(
 async def test_topics_refresh_lists_and_browses_only_visible_topics(imagebot, discord_server, discord_world, photos):
     server, world = discord_server, discord_world
     role = server.add_role(world.guild, "mods", permissions=Perm.MANAGE_MESSAGES, members=[world.bob])
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "china"):
-        await post_image(server, world.general, world.alice, name, photos[name])
-    await post_image(server, world.secret, world.bob, "flower", photos["flower"])
+    posted = [await post_image(server, world.general, world.alice, name, photos[name])
+              for name in ("astronaut", "chelsea", "coffee", "rocket", "china")]
+    posted.append(await post_image(server, world.secret, world.bob, "flower", photos["flower"]))
     await server.wait_until(lambda: imagebot.get_guild(world.guild.id).get_role(role.id), what="the bot saw the role")
+    await captions_written(server, imagebot, posted)  # topics cluster captions
 
     _, refreshed = await command(server, world.general, world.bob, "topics refresh")
     model = load_topic_model(topic_model_path(imagebot.settings, world.guild.id))

@@ -45,7 +45,7 @@ from bot.imaging import (  # noqa: E402
     UnsupportedImageType,
     decode_image,
 )
-from bot.inference import InferenceQueue, JobTimeout, QueueBusy, QueueClosed  # noqa: E402
+from bot.inference import InferenceQueue, JobTimeout, Priority, QueueBusy, QueueClosed  # noqa: E402
 from bot.inference.ray_serve import (  # noqa: E402
     HTTP_ROUTE_PREFIX,
     RayInferenceClient,
@@ -207,6 +207,28 @@ async def test_ray_mode_matches_the_analyzer_called_directly(
                      target_size=images.target_size)
     ])[0]
     assert_same_analysis(await client.analyze(photos["chelsea"]), want)
+
+
+async def test_ray_mode_answers_the_two_tiers_with_the_full_analysis(
+    client: RayInferenceClient, local_queue: InferenceQueue, photos: dict[str, bytes]
+) -> None:
+    """No tiers on a cluster: analyze_fast gives the complete record (and no decoded image), and
+    caption(), never needed after it, still gives the caption part the local queue would; a priority
+    is accepted and ignored."""
+    record, decoded = await client.analyze_fast(photos["rocket"], filename="rocket.jpg", priority=Priority.BACKGROUND)
+    assert decoded is None and not record.caption_pending
+    assert_same_analysis(record, await local_queue.analyze(photos["rocket"], filename="rocket.jpg"))
+
+    fast, local_decoded = await local_queue.analyze_fast(photos["rocket"], filename="rocket.jpg")
+    remote_part = await client.caption(local_decoded, priority=Priority.INTERACTIVE)
+    local_part = await local_queue.caption(local_decoded)
+    assert remote_part.caption == local_part.caption and remote_part.model_ids == local_part.model_ids
+    assert_same_sentiment(remote_part.sentiment, local_part.sentiment)
+    assert_same_scored(remote_part.caption_topics, local_part.caption_topics)
+    np.testing.assert_allclose(remote_part.caption_embedding, local_part.caption_embedding, atol=TOLERANCE)
+    assert_same_analysis(fast.with_caption(remote_part), record)
+    vectors = await client.embed_texts(["a rocket"], priority=Priority.BACKGROUND)
+    np.testing.assert_allclose(vectors, await local_queue.embed_texts(["a rocket"]), atol=TOLERANCE)
 
 
 # ------------------------------------------------------------------------------------- (c) bad files

@@ -1,11 +1,13 @@
 """The inference queue: one batched, bounded path from the bot's coroutines to the models.
 
-``await queue.analyze(image_bytes)`` / ``embed_texts`` / ``clip_texts`` from any coroutine; a
-dedicated worker thread forms micro-batches and runs every model role once per batch. See
-:mod:`bot.inference.queue` for the stages and :mod:`bot.inference.errors` for what can go wrong.
+``await queue.analyze(image_bytes)`` / ``analyze_fast`` + ``caption`` (the two tiers) /
+``embed_texts`` / ``clip_texts`` / ``score_sentiment`` from any coroutine, each with a
+:class:`Priority` (interactive work always goes first); worker threads form micro-batches and run
+every model role once per batch. See :mod:`bot.inference.queue` for the stages and
+:mod:`bot.inference.errors` for what can go wrong.
 """
 
-from bot.inference.batching import JobKind
+from bot.inference.batching import JobKind, Priority
 from bot.inference.errors import InferenceError, JobTimeout, OutOfMemory, QueueBusy, QueueClosed, WorkerCrashed
 from bot.inference.metrics import QueueMetrics
 from bot.inference.queue import AnalyzerLike, InferenceQueue
@@ -17,6 +19,7 @@ __all__ = [
     "JobKind",
     "JobTimeout",
     "OutOfMemory",
+    "Priority",
     "QueueBusy",
     "QueueClosed",
     "QueueMetrics",

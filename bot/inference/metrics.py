@@ -10,11 +10,18 @@ Two views of the same numbers:
   of recent samples, for a ``/status`` command;
 - :meth:`QueueMetrics.prometheus_text` — the Prometheus text exposition format (version 0.0.4),
   with cumulative histogram buckets, for scraping.
+
+Besides its own numbers it shows the queue's lanes (waiting jobs and the age of the oldest one per
+priority and kind) and whatever other components register with :meth:`QueueMetrics.register_source`
+(the ingest backlog: its depth per tier, the oldest waiting picture, drops), so ``/status`` and one
+scrape cover the whole path from a posted picture to its analysis.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -34,6 +41,9 @@ OUTCOMES = ("ok", "busy", "timeout", "cancelled", "rejected", "out_of_memory", "
 SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _RATE_WINDOW_S = 60.0
+_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+
+log = logging.getLogger(__name__)
 
 
 class Histogram:
@@ -110,10 +120,35 @@ class QueueMetrics:
         self.images_total = 0
         self.oom_splits_total = 0
         self.worker_restarts_total = 0
+        self.preemptions_total = 0
         self._recent_images: deque[tuple[float, int]] = deque()
+        self._lanes: Callable[[], Mapping[tuple[str, str], Mapping[str, float]]] = dict
+        self._sources: dict[str, tuple[Callable[[], Mapping[str, float]], str]] = {}
 
     def set_gauges(self, gauges: Callable[[], Mapping[str, float]]) -> None:
         self._gauges = gauges
+
+    def set_lanes(self, lanes: Callable[[], Mapping[tuple[str, str], Mapping[str, float]]]) -> None:
+        """Per-lane gauges, read at read time: ``{(priority, kind): {"waiting": n, "oldest_wait_s": s}}``."""
+        self._lanes = lanes
+
+    def register_source(self, name: str, read: Callable[[], Mapping[str, float]], *, help_text: str = "") -> None:
+        """Show another component's numbers beside the queue's (``/status`` and the Prometheus text).
+
+        ``read()`` is called at read time and returns ``{key: number}``; each key becomes
+        ``imagebot_<name>_<key>``, a counter when the key ends in ``_total`` (Prometheus' naming
+        rule), else a gauge. Names are reduced to ``[a-zA-Z0-9_]``. Registering a name again
+        replaces the source; a source that raises is logged and left out of that read.
+        """
+        safe = _NAME_UNSAFE.sub("_", name)
+        if not safe:
+            raise ValueError("a metrics source needs a name")
+        with self._lock:
+            self._sources[safe] = (read, help_text)
+
+    def unregister_source(self, name: str) -> None:
+        with self._lock:
+            self._sources.pop(_NAME_UNSAFE.sub("_", name), None)
 
     # ---------------------------------------------------------------- recording
 
@@ -152,6 +187,11 @@ class QueueMetrics:
         with self._lock:
             self.worker_restarts_total += 1
 
+    def preempted(self) -> None:
+        """A background batch paused between model layers for interactive work."""
+        with self._lock:
+            self.preemptions_total += 1
+
     # ---------------------------------------------------------------- reading
 
     def _trim(self, now: float) -> None:
@@ -166,6 +206,31 @@ class QueueMetrics:
             span = min(_RATE_WINDOW_S, max(now - self._started, 1e-9))
             return sum(count for _, count in self._recent_images) / span
 
+    def lanes(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{priority: {kind: {"waiting": n, "oldest_wait_s": s}}}``, every lane (zeros included)."""
+        nested: dict[str, dict[str, dict[str, float]]] = {}
+        for (priority, kind), values in sorted(dict(self._lanes()).items()):
+            nested.setdefault(priority, {})[kind] = {key: float(value) for key, value in values.items()}
+        return nested
+
+    def sources(self) -> dict[str, dict[str, float]]:
+        """The registered sources' current numbers, by source name (a failing source is left out)."""
+        with self._lock:
+            registered = list(self._sources.items())
+        values: dict[str, dict[str, float]] = {}
+        for name, (read, _) in registered:
+            try:
+                raw = dict(read())
+            except Exception:
+                log.exception("metrics source %r failed", name)
+                continue
+            values[name] = {
+                _NAME_UNSAFE.sub("_", str(key)): float(value)
+                for key, value in raw.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+            }
+        return values
+
     def count(self, outcome: str, kind: str | None = None) -> int:
         """Jobs that ended with ``outcome`` (of one kind, or all kinds)."""
         with self._lock:
@@ -175,6 +240,8 @@ class QueueMetrics:
         """A JSON-friendly dict for ``/status``: depths, rates, counts, batch sizes, stage latencies."""
         rate = self.images_per_second()
         gauges = dict(self._gauges())
+        lanes = self.lanes()
+        sources = self.sources()
         with self._lock:
             outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
             by_kind: dict[str, dict[str, int]] = {}
@@ -193,6 +260,9 @@ class QueueMetrics:
                 "errors": sum(outcomes[o] for o in ("out_of_memory", "worker_crashed", "error")),
                 "oom_splits": self.oom_splits_total,
                 "worker_restarts": self.worker_restarts_total,
+                "preemptions": self.preemptions_total,
+                "lanes": lanes,
+                "sources": sources,
                 "batch_size": {
                     kind: {**h.summary(), "histogram": {_label(b): c for b, c in h.cumulative()}}
                     for kind, h in sorted(self.batch_sizes.items())
@@ -200,15 +270,35 @@ class QueueMetrics:
                 "stage_seconds": {stage: h.summary() for stage, h in sorted(self.stage_seconds.items())},
             }
 
-    def prometheus_text(self, prefix: str = "imagebot_inference") -> str:
-        """The Prometheus text exposition format (``text/plain; version=0.0.4``)."""
+    def prometheus_text(self, prefix: str = "imagebot_inference", source_prefix: str = "imagebot") -> str:
+        """The Prometheus text exposition format (``text/plain; version=0.0.4``).
+
+        The queue's series are named ``<prefix>_*``; registered sources ``<source_prefix>_<name>_*``.
+        """
         gauges = dict(self._gauges())
+        lanes = dict(self._lanes())
+        sources = self.sources()
         rate = self.images_per_second()
         out: list[str] = []
         for name, value in sorted(gauges.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 _family(out, f"{prefix}_{name}", "gauge", f"Current {name.replace('_', ' ')} of the inference queue.")
                 out.append(f"{prefix}_{name} {_number(value)}")
+        for key, title in (("waiting", "Jobs waiting (decoding or queued)"),
+                           ("oldest_wait_s", "Seconds the oldest waiting job has waited since admission")):
+            name = f"{prefix}_lane_{'oldest_wait_seconds' if key == 'oldest_wait_s' else key}"
+            _family(out, name, "gauge", f"{title}, per priority and kind.")
+            for (priority, kind), values in sorted(lanes.items()):
+                out.append(f"{name}{_labels(priority=priority, kind=kind)} {_number(float(values.get(key, 0.0)))}")
+        with self._lock:
+            helps = {name: help_text for name, (_, help_text) in self._sources.items()}
+        for source, values in sorted(sources.items()):
+            for key, value in sorted(values.items()):
+                name = f"{source_prefix}_{source}_{key}"
+                kind = "counter" if key.endswith("_total") else "gauge"
+                about = helps.get(source) or source.replace("_", " ")
+                _family(out, name, kind, f"{about}: {key.replace('_', ' ')}.")
+                out.append(f"{name} {_number(value)}")
         with self._lock:
             _family(out, f"{prefix}_images_per_second", "gauge", "Images analysed per second over the last minute.")
             out.append(f"{prefix}_images_per_second {_number(rate)}")
@@ -221,10 +311,13 @@ class QueueMetrics:
             out.append(f"{prefix}_oom_splits_total {self.oom_splits_total}")
             _family(out, f"{prefix}_worker_restarts_total", "counter", "Model worker restarts after a crash.")
             out.append(f"{prefix}_worker_restarts_total {self.worker_restarts_total}")
+            _family(out, f"{prefix}_preemptions_total", "counter",
+                    "Background batches paused between model layers for interactive work.")
+            out.append(f"{prefix}_preemptions_total {self.preemptions_total}")
             _histograms(out, f"{prefix}_batch_size", "Jobs per model batch.", "kind", self.batch_sizes.items())
             _histograms(
                 out, f"{prefix}_stage_seconds",
-                "Seconds per stage (decode, queue_wait, predict_*, model roles, latency).",
+                "Seconds per stage (decode, queue_wait, turn_wait, predict_*, model roles, latency[_<priority>]).",
                 "stage", self.stage_seconds.items(),
             )
         return "\n".join(out) + "\n"

@@ -1,51 +1,78 @@
-"""One batched path for all model work: the async API the bot awaits, a model worker thread behind it.
+"""One batched path for all model work: the async API the bot awaits, model worker threads behind it.
 
 Stages, in the order a job meets them (the vocabulary of Triton's dynamic batcher, Ray Serve's
 ``@serve.batch`` and LitServe):
 
-1. **admit** — on the event loop, synchronously: a slot out of ``queue.max_queued`` or
-   :class:`QueueBusy` at once.
-2. **decode** — in a thread pool of ``queue.decode_workers``: :func:`bot.imaging.decode_image`
-   (sniff, bomb checks, DCT-domain downscale) inside a killable worker process
-   (:class:`bot.decode_sandbox.DecodeSandbox`, one per decode thread: a hostile file that makes the
-   codec spin or balloon is killed at ``images.decode_timeout_s`` / ``decode_memory_mb``), then
-   :meth:`Analyzer.prepare` (the models' own resize/normalise) in the thread. This CPU work overlaps
-   the model compute of the batch before.
-3. **batch** — the worker thread takes up to ``max_batch_size`` jobs of one kind, waiting at most
-   ``max_wait_ms`` after the first one (:meth:`JobBoard.next_batch`).
-4. **predict** — each model role runs once for the whole batch, on the worker thread only: model
-   work never runs on the event loop, and a single thread owns the GPU (no contention, no locks).
-   Out of memory → the batch is split in halves and retried, down to single jobs.
+1. **admit** — on the event loop, synchronously. An interactive job takes a slot out of
+   ``queue.max_queued`` or gets :class:`QueueBusy` at once; a background job is never refused for
+   load (the ingest backlog upstream bounds how many it submits).
+2. **decode** — in ``queue.decode_workers`` threads, interactive jobs first:
+   :func:`bot.imaging.decode_image` (sniff, bomb checks, DCT-domain downscale) inside a killable
+   worker process (:class:`bot.decode_sandbox.DecodeSandbox`, one per decode thread: a hostile file
+   that makes the codec spin or balloon is killed at ``images.decode_timeout_s`` /
+   ``decode_memory_mb``), then :meth:`Analyzer.prepare` (the models' own resize/normalise) in the
+   thread. This CPU work overlaps the model compute of the batch before.
+3. **batch** — each priority has a worker thread; it takes up to ``max_batch_size`` jobs of one kind
+   (background batches that run the captioner: ``background_batch_size``), waiting at most
+   ``max_wait_ms`` after the first one (:meth:`JobBoard.next_batch`). The background worker only
+   starts a batch while no interactive job is queued or running, and serves the fast tier before
+   the caption tier.
+4. **predict** — each model role runs once for the whole batch, on a worker thread holding the
+   *model turn* (:meth:`JobBoard.model_turn`): model work never runs on the event loop, and one
+   batch computes at a time. A background batch pauses between model layers while interactive work
+   is waiting or running (``queue.preempt_background``) and resumes where it stopped, so a person
+   waits for one layer of background work, not a whole batch. Out of memory → the batch is split
+   in halves and retried, down to single jobs.
 5. **respond** — each caller's future is resolved on its own loop via ``call_soon_threadsafe``.
 
+Analysis comes whole (:meth:`InferenceQueue.analyze`) or in two tiers for a host where the
+captioner is most of the cost: :meth:`InferenceQueue.analyze_fast` (CLIP only: labels, topics,
+image mood, image vector) and later :meth:`InferenceQueue.caption` (BLIP and the caption's text
+roles) on the :class:`~bot.imaging.DecodedImage` the fast tier handed back.
+
+Why a preemptible model turn rather than two workers computing side by side with a lock per model
+role: measured on a 2-core CPU with real-size models (``bench/results/priority_cpu.md``), two
+batches computing at once only split the same two cores (and hand a ``/find`` query the CPU left
+over by BLIP), while a turn that background work gives up between layers hands the whole CPU to the
+interactive job within one layer. It also means no tokenizer is ever entered from two threads at
+once (fast tokenizers fail with "Already borrowed").
+
 Failure handling: a cancelled or timed-out caller releases its slot and its job never runs if it
-had not started; an unexpected exception in the worker fails the jobs of the batch it was running
-with :class:`WorkerCrashed` and a new worker thread takes over the remaining queue; a bad file fails
-only its own caller with the decoder's :class:`~bot.imaging.ImageRejected`.
+had not started; an unexpected exception in a worker fails the jobs of the batch it was running
+with :class:`WorkerCrashed` and a new worker thread of the same priority takes over its lanes; a bad
+file fails only its own caller with the decoder's :class:`~bot.imaging.ImageRejected`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from bot.analysis import ImageAnalysis, Sentiment
+from bot.analysis import CaptionPart, ImageAnalysis, Sentiment
 from bot.config import ImageSettings, QueueSettings, Settings
 from bot.decode_sandbox import DecodeSandbox
 from bot.imaging import DecodedImage
-from bot.inference.batching import Job, JobBoard, JobKind, is_out_of_memory, predict_splitting_on_oom
+from bot.inference.batching import (
+    Job,
+    JobBoard,
+    JobKind,
+    Priority,
+    is_out_of_memory,
+    predict_splitting_on_oom,
+)
 from bot.inference.errors import InferenceError, JobTimeout, QueueClosed, WorkerCrashed, outcome_of
 from bot.inference.metrics import QueueMetrics
 
-__all__ = ["AnalyzerLike", "InferenceQueue"]
+__all__ = ["AnalyzerLike", "InferenceQueue", "Priority"]
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +84,19 @@ _MAX_RESTART_BACKOFF_S = 2.0
 class AnalyzerLike(Protocol):
     """What the queue needs from :class:`bot.pipeline.Analyzer` (tests pass small fakes).
 
-    Optional extras, used when present: ``prepare(decoded)`` (CPU preprocessing, run in the decode
-    pool; ``analyze`` then receives its output) and ``last_timings`` (per-role seconds of the last
-    ``analyze`` call, for metrics).
+    Optional extras, used when present:
+
+    - ``prepare(decoded)`` (CPU preprocessing, run in the decode pool; ``analyze`` then receives its
+      output), called as ``prepare(decoded, "fast")`` / ``prepare(decoded, "caption")`` for the tiers;
+    - ``analyze_fast(items)`` and ``caption(items)``, the two tiers (without them the queue answers
+      both with the full ``analyze``: complete records, and the caption part of one);
+    - ``last_timings`` (per-role seconds of the last call on the calling thread, for metrics);
+    - ``set_yield_point(hook)``: the analyzer calls ``hook()`` between model layers, which is where
+      a background batch pauses for interactive work (without it, background batches are only
+      overtaken at their end).
+
+    The methods are called from two worker threads, never at the same time (the model turn), but a
+    background call may be paused inside ``hook()`` while an interactive call runs.
     """
 
     def analyze(self, images: Sequence[Any]) -> list[ImageAnalysis]: ...
@@ -69,12 +106,67 @@ class AnalyzerLike(Protocol):
     def clip_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+class _DecodePool:
+    """The decode stage's threads: interactive work first, FIFO within a priority.
+
+    A plain ``ThreadPoolExecutor`` is one FIFO: a picture someone just asked about would wait behind
+    every background image already handed to it. ``shutdown`` lets what was submitted finish (a
+    decode that lands after a non-draining close finds its job failed with QueueClosed, which is
+    the answer; cancelling it would surface as a bare CancelledError in its caller).
+    """
+
+    def __init__(self, workers: int, *, name: str = "imagebot-decode") -> None:
+        self._cond = threading.Condition()
+        self._pending: dict[Priority, deque[tuple[concurrent.futures.Future[Any], Callable[[], Any]]]] = {
+            priority: deque() for priority in Priority
+        }
+        self._closed = False
+        for index in range(workers):
+            threading.Thread(target=self._serve, name=f"{name}-{index}", daemon=True).start()
+
+    def submit(self, priority: Priority, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("cannot schedule new decodes after shutdown")
+            self._pending[priority].append((future, fn))
+            self._cond.notify()
+        return future
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not any(self._pending.values()):
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                lane = self._pending[Priority.INTERACTIVE] or self._pending[Priority.BACKGROUND]
+                future, fn = lane.popleft()
+            if not future.set_running_or_notify_cancel():  # its caller went away meanwhile
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, fn
+
+
 class InferenceQueue:
-    """Micro-batching, bounded, thread-backed front of the models.
+    """Micro-batching, bounded, thread-backed front of the models, with two priorities.
 
     ``analyzer`` is a loaded :class:`~bot.pipeline.Analyzer` (or anything :class:`AnalyzerLike`), or
-    a zero-argument factory returning one: the factory runs on the worker thread, so minutes of
-    model loading never block the event loop, and jobs submitted meanwhile simply wait.
+    a zero-argument factory returning one: the factory runs on the interactive worker thread, so
+    minutes of model loading never block the event loop, and jobs submitted meanwhile simply wait.
+
+    Every method takes a ``priority``: :attr:`Priority.INTERACTIVE` (someone is waiting; the
+    default, except for the two analysis tiers) or :attr:`Priority.BACKGROUND` (indexing).
 
     Use ``async with InferenceQueue(...) as queue:`` or :meth:`start` / :meth:`close`.
     """
@@ -104,15 +196,21 @@ class InferenceQueue:
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=self.settings.max_wait_ms / 1000.0,
             max_queued=self.settings.max_queued,
+            background_batch_size=self.settings.background_batch_size,
         )
         self.metrics = metrics or QueueMetrics()
         self.metrics.set_gauges(self._gauges)
-        self._decode_pool: ThreadPoolExecutor | None = None
-        self._thread: threading.Thread | None = None
+        self.metrics.set_lanes(self._board.lanes)
+        self._board.on_preempt = self.metrics.preempted
+        self._decode_pool: _DecodePool | None = None
+        self._threads: dict[Priority, threading.Thread] = {}
         self._thread_lock = threading.Lock()
+        self._live_workers = 0
         self._stopped = threading.Event()
+        self._stopped.set()
+        self._loaded = threading.Event()  # the analyzer is there (or failed to load: then it is None)
         self._ready: asyncio.Future[None] | None = None
-        self._consecutive_crashes = 0
+        self._consecutive_crashes: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._state = "new"  # new -> starting -> running -> closing -> closed
 
     @classmethod
@@ -125,7 +223,7 @@ class InferenceQueue:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Start the decode pool and the worker; returns once the models are loaded.
+        """Start the decode pool and the workers; returns once the models are loaded.
 
         Jobs are accepted from the moment this is called (they wait while the models load). If
         loading fails, the error is raised here and the waiting jobs fail with :class:`WorkerCrashed`.
@@ -137,16 +235,15 @@ class InferenceQueue:
         loop = asyncio.get_running_loop()
         self._state = "starting"
         self._ready = loop.create_future()
-        self._decode_pool = ThreadPoolExecutor(
-            max_workers=self.settings.decode_workers, thread_name_prefix="imagebot-decode"
-        )
+        self._decode_pool = _DecodePool(self.settings.decode_workers)
         self._board.open()
-        self._spawn_worker(loop)
+        for priority in Priority:
+            self._spawn_worker(loop, priority)
         try:
             await asyncio.shield(self._ready)
         except Exception:  # the models failed to load: the worker has already closed the board
             self._state = "closed"
-            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            self._decode_pool.shutdown()
             raise
         if self._state == "starting":
             self._state = "running"
@@ -174,9 +271,7 @@ class InferenceQueue:
                 self._fail(self._board.close(drain=False), QueueClosed("the inference queue was closed"))
                 await asyncio.to_thread(self._stopped.wait, 1.0)
         if self._decode_pool is not None:
-            # Not cancel_futures: a cancelled decode would surface as a bare CancelledError in its
-            # caller; a finished one finds its job already failed with QueueClosed, which is the answer.
-            self._decode_pool.shutdown(wait=False)
+            self._decode_pool.shutdown()
         if self._owns_decoder:
             await asyncio.to_thread(self.decoder.close)
         self._state = "closed"
@@ -210,37 +305,88 @@ class InferenceQueue:
         *,
         filename: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.INTERACTIVE,
     ) -> ImageAnalysis:
-        """Decode untrusted image bytes and analyse them in the next batch.
+        """Decode untrusted image bytes and analyse them fully (both tiers) in the next batch.
 
         Raises :class:`~bot.imaging.ImageRejected` for a bad file (this caller only), or an
-        :class:`InferenceError`: :class:`QueueBusy` (at once), :class:`JobTimeout`,
+        :class:`InferenceError`: :class:`QueueBusy` (at once; interactive only), :class:`JobTimeout`,
         :class:`OutOfMemory`, :class:`WorkerCrashed`, :class:`QueueClosed`.
         """
         result: ImageAnalysis = await self._run(
-            JobKind.IMAGE, timeout, decode=partial(self._decode, bytes(data), filename)
+            JobKind.IMAGE, timeout, priority, decode=partial(self._decode, bytes(data), filename, "full", None)
         )
         return result
 
-    async def embed_texts(self, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:  # noqa: ASYNC109
+    async def analyze_fast(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        filename: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.BACKGROUND,
+    ) -> tuple[ImageAnalysis, DecodedImage]:
+        """The fast tier: decode, then CLIP only — a record with ``caption_pending=True`` (labels,
+        topics, image mood and vector; no caption yet) and the decoded image, to hand to
+        :meth:`caption` later without decoding again. Errors as :meth:`analyze`.
+
+        An analyzer without tiers answers with its full analysis (a complete record).
+        """
+        kept: list[DecodedImage] = []
+        record: ImageAnalysis = await self._run(
+            JobKind.FAST, timeout, priority, decode=partial(self._decode, bytes(data), filename, "fast", kept)
+        )
+        return record, kept[0]
+
+    async def caption(
+        self,
+        decoded: DecodedImage,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.BACKGROUND,
+    ) -> CaptionPart:
+        """The caption tier for an image :meth:`analyze_fast` decoded: BLIP's caption and its
+        embedding, topics and sentiment (``record.with_caption(part)`` completes the record)."""
+        part: CaptionPart = await self._run(JobKind.CAPTION, timeout, priority, decode=partial(self._prepare, decoded))
+        return part
+
+    async def embed_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> np.ndarray:
         """Caption-space (MiniLM) vectors, one row per text, batched with other callers' texts."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        result: np.ndarray = await self._run(JobKind.EMBED_TEXT, timeout, payload=list(texts))
+        result: np.ndarray = await self._run(JobKind.EMBED_TEXT, timeout, priority, payload=list(texts))
         return result
 
-    async def clip_texts(self, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:  # noqa: ASYNC109
+    async def clip_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> np.ndarray:
         """CLIP text vectors (text→image search), one row per text."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        result: np.ndarray = await self._run(JobKind.CLIP_TEXT, timeout, payload=list(texts))
+        result: np.ndarray = await self._run(JobKind.CLIP_TEXT, timeout, priority, payload=list(texts))
         return result
 
-    async def score_sentiment(self, texts: Sequence[str], *, timeout: float | None = None) -> list[Sentiment]:  # noqa: ASYNC109
+    async def score_sentiment(
+        self,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> list[Sentiment]:
         """The sentiment model on free text (one :class:`Sentiment` per text), batched like the rest."""
         if not texts:
             return []
-        result: list[Sentiment] = await self._run(JobKind.SENTIMENT, timeout, payload=list(texts))
+        result: list[Sentiment] = await self._run(JobKind.SENTIMENT, timeout, priority, payload=list(texts))
         return result
 
     # ------------------------------------------------------------------ caller side
@@ -249,43 +395,40 @@ class InferenceQueue:
         self,
         kind: JobKind,
         job_timeout: float | None,
+        priority: Priority = Priority.INTERACTIVE,
         *,
         payload: Any = None,
         decode: Callable[[], Any] | None = None,
     ) -> Any:
         """admit → (decode) → enqueue → await; every call ends in exactly one counted outcome."""
+        priority = Priority(priority)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            job = self._board.admit(kind, loop)
+            job = self._board.admit(kind, loop, priority)
         except InferenceError as exc:
             self.metrics.job_finished(kind, exc.code)
             raise
         limit = self.settings.job_timeout_s if job_timeout is None else job_timeout
         try:
-            result = await self._await_job(job, limit, loop, payload, decode)
+            result = await self._await_job(job, limit, payload, decode)
         except BaseException as exc:
             self._board.release(job)  # frees the slot; no-op if the job already runs or ran
             self.metrics.job_finished(kind, outcome_of(exc))
             raise
         self.metrics.job_finished(kind, "ok")
-        self.metrics.observe_stage("latency", time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.observe_stage("latency", seconds)
+        self.metrics.observe_stage(f"latency_{priority}", seconds)
         return result
 
-    async def _await_job(
-        self,
-        job: Job,
-        limit: float,
-        loop: asyncio.AbstractEventLoop,
-        payload: Any,
-        decode: Callable[[], Any] | None,
-    ) -> Any:
+    async def _await_job(self, job: Job, limit: float, payload: Any, decode: Callable[[], Any] | None) -> Any:
         scope = asyncio.timeout(limit)
         try:
             async with scope:
                 if decode is not None:
                     assert self._decode_pool is not None
-                    payload = await loop.run_in_executor(self._decode_pool, decode)
+                    payload = await asyncio.wrap_future(self._decode_pool.submit(job.priority, decode))
                 self._board.enqueue(job, payload)  # refused only after a non-draining close: future failed
                 return await job.future
         except TimeoutError:
@@ -293,19 +436,31 @@ class InferenceQueue:
                 raise JobTimeout(f"no result within {limit:g}s") from None
             raise
 
-    def _decode(self, data: bytes, filename: str | None) -> DecodedImage | Any:
-        """Decode pool: bytes → upright RGB ≤ target_size → model-ready tensors (when possible)."""
+    def _decode(self, data: bytes, filename: str | None, tier: str, keep: list[DecodedImage] | None) -> Any:
+        """Decode pool: bytes → upright RGB ≤ target_size → model-ready tensors for ``tier`` (when possible)."""
         started = time.perf_counter()
         decoded = self.decoder.decode(data, filename=filename)
-        prepare = getattr(self._analyzer, "prepare", None)  # None while the models are loading
-        result: Any = decoded
-        if callable(prepare):
-            try:
-                result = prepare(decoded)
-            except Exception as exc:  # a model-side preprocessing bug must not look like a bad file
-                raise InferenceError(f"preprocessing failed: {type(exc).__name__}: {exc}") from exc
+        if keep is not None:
+            keep.append(decoded)
+        result = self._prepare_for(decoded, tier)
         self.metrics.observe_stage("decode", time.perf_counter() - started)
         return result
+
+    def _prepare(self, decoded: DecodedImage) -> Any:
+        """Decode pool, caption tier: the captioner's pixels for an image decoded earlier."""
+        started = time.perf_counter()
+        result = self._prepare_for(decoded, "caption")
+        self.metrics.observe_stage("prepare", time.perf_counter() - started)
+        return result
+
+    def _prepare_for(self, decoded: DecodedImage, tier: str) -> Any:
+        prepare = getattr(self._analyzer, "prepare", None)  # None while the models are loading
+        if not callable(prepare):
+            return decoded
+        try:
+            return prepare(decoded) if tier == "full" else prepare(decoded, tier)
+        except Exception as exc:  # a model-side preprocessing bug must not look like a bad file
+            raise InferenceError(f"preprocessing failed: {type(exc).__name__}: {exc}") from exc
 
     def _fail(self, jobs: Sequence[Job], error: InferenceError) -> None:
         for job in jobs:
@@ -313,13 +468,21 @@ class InferenceQueue:
 
     # ------------------------------------------------------------------ worker side
 
-    def _spawn_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _spawn_worker(self, loop: asyncio.AbstractEventLoop, priority: Priority) -> None:
         with self._thread_lock:
+            self._live_workers += 1
             self._stopped.clear()
-            self._thread = threading.Thread(
-                target=self._worker_main, args=(loop,), name="imagebot-inference-worker", daemon=True
+            thread = threading.Thread(
+                target=self._worker_main, args=(loop, priority), name=f"imagebot-inference-{priority}", daemon=True
             )
-            self._thread.start()
+            self._threads[priority] = thread
+            thread.start()
+
+    def _worker_exited(self) -> None:
+        with self._thread_lock:
+            self._live_workers -= 1
+            if not self._live_workers:
+                self._stopped.set()
 
     def _signal_ready(self, loop: asyncio.AbstractEventLoop, error: BaseException | None) -> None:
         ready = self._ready
@@ -337,52 +500,82 @@ class InferenceQueue:
         except RuntimeError:  # loop closed
             pass
 
-    def _worker_main(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The model thread: load (once), then batch → predict → respond until closed and drained."""
-        if self._consecutive_crashes:
-            time.sleep(min(0.05 * 2 ** (self._consecutive_crashes - 1), _MAX_RESTART_BACKOFF_S))
+    def _load(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Interactive worker: load the models (once), install the yield point, let the other worker go."""
+        if self._analyzer is None:
+            assert self._factory is not None
+            try:
+                self._analyzer = self._factory()
+            except BaseException as exc:
+                log.exception("inference queue: loading the models failed")
+                # Close before start() learns of it, so no job can be admitted after the failure.
+                self._fail(self._board.close(drain=False), WorkerCrashed(f"model loading failed: {exc}"))
+                self._loaded.set()
+                self._signal_ready(loop, exc)
+                return False
+        if not self._loaded.is_set():
+            set_yield_point = getattr(self._analyzer, "set_yield_point", None)
+            if self.settings.preempt_background and callable(set_yield_point):
+                set_yield_point(self._board.checkpoint)
+            self._loaded.set()
+        self._signal_ready(loop, None)
+        return True
+
+    def _worker_main(self, loop: asyncio.AbstractEventLoop, priority: Priority) -> None:
+        """A model thread: (load,) then batch → predict → respond for its priority until closed and drained."""
+        crashes = self._consecutive_crashes[priority]
+        if crashes:
+            time.sleep(min(0.05 * 2 ** (crashes - 1), _MAX_RESTART_BACKOFF_S))
         try:
-            if self._analyzer is None:
-                assert self._factory is not None
-                try:
-                    self._analyzer = self._factory()
-                except BaseException as exc:
-                    log.exception("inference queue: loading the models failed")
-                    # Close before start() learns of it, so no job can be admitted after the failure.
-                    self._fail(self._board.close(drain=False), WorkerCrashed(f"model loading failed: {exc}"))
-                    self._stopped.set()
-                    self._signal_ready(loop, exc)
+            if priority is Priority.INTERACTIVE:
+                if not self._load(loop):
                     return
-            self._signal_ready(loop, None)
-            while (batch := self._board.next_batch()) is not None:
-                self._run_batch(batch)
-                self._consecutive_crashes = 0
+            else:
+                self._loaded.wait()
+                if self._analyzer is None:  # loading failed; the interactive worker reported it
+                    return
+            while (batch := self._board.next_batch(priority)) is not None:
+                self._run_batch(batch, priority)
+                self._consecutive_crashes[priority] = 0
         except BaseException as exc:
-            self._on_crash(loop, exc)
-            return
-        self._stopped.set()
+            self._on_crash(loop, priority, exc)
+        finally:
+            self._worker_exited()
 
-    def _on_crash(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
-        """Fail the batch that was running, count it, and hand the queue to a fresh worker thread."""
-        jobs = self._board.take_running()
-        log.error("inference worker crashed with %d job(s) in flight; restarting", len(jobs), exc_info=exc)
+    def _on_crash(self, loop: asyncio.AbstractEventLoop, priority: Priority, exc: BaseException) -> None:
+        """Fail the batch that was running, count it, and hand the lanes to a fresh worker thread."""
+        jobs = self._board.take_running(priority)
+        log.error("inference worker (%s) crashed with %d job(s) in flight; restarting", priority, len(jobs),
+                  exc_info=exc)
         self._fail(jobs, WorkerCrashed(f"the model worker crashed ({type(exc).__name__}: {exc}); it was restarted"))
-        self._consecutive_crashes += 1
+        self._consecutive_crashes[priority] += 1
         self.metrics.worker_restarted()
-        self._spawn_worker(loop)  # also when closing: it drains what is left, then stops
+        self._spawn_worker(loop, priority)  # also when closing: it drains what is left, then stops
 
-    def _run_batch(self, batch: list[Job]) -> None:
+    def _run_batch(self, batch: list[Job], priority: Priority) -> None:
         kind = batch[0].kind
         for job in batch:
             self.metrics.observe_stage("queue_wait", job.started_at - job.queued_at)
-        started = time.perf_counter()
-        predict = self._predict_images if kind is JobKind.IMAGE else partial(self._predict_texts, kind)
-        outcomes = predict_splitting_on_oom(
-            predict, batch, is_oom=self._is_oom, on_split=lambda _size: self.metrics.oom_split()
-        )
+        predict: Callable[[list[Job]], list[Any]]
+        if kind is JobKind.IMAGE:
+            predict = self._predict_images
+        elif kind is JobKind.FAST:
+            predict = self._predict_fast
+        elif kind is JobKind.CAPTION:
+            predict = self._predict_captions
+        else:
+            predict = partial(self._predict_texts, kind)
+        waited = time.perf_counter()
+        with self._board.model_turn(priority):
+            started = time.perf_counter()
+            self.metrics.observe_stage("turn_wait", started - waited)
+            outcomes = predict_splitting_on_oom(
+                predict, batch, is_oom=self._is_oom, on_split=lambda _size: self.metrics.oom_split()
+            )
         self.metrics.observe_stage(f"predict_{kind}", time.perf_counter() - started)
         succeeded = sum(not isinstance(outcome, InferenceError) for outcome in outcomes)
-        self.metrics.observe_batch(kind, len(batch), images=succeeded if kind is JobKind.IMAGE else 0)
+        completes_images = kind in (JobKind.IMAGE, JobKind.CAPTION)  # an image is analysed once captioned
+        self.metrics.observe_batch(kind, len(batch), images=succeeded if completes_images else 0)
         for job, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, InferenceError):
                 job.settle(error=outcome)
@@ -394,13 +587,40 @@ class InferenceQueue:
         analyzer = self._analyzer
         assert analyzer is not None
         results = analyzer.analyze([job.payload for job in jobs])
+        self._observe_roles(analyzer)
+        return results
+
+    def _predict_fast(self, jobs: list[Job]) -> list[ImageAnalysis]:
+        analyzer = self._analyzer
+        assert analyzer is not None
+        fast = getattr(analyzer, "analyze_fast", None)
+        payloads = [job.payload for job in jobs]
+        results: list[ImageAnalysis] = fast(payloads) if callable(fast) else analyzer.analyze(payloads)
+        self._observe_roles(analyzer)
+        return results
+
+    def _predict_captions(self, jobs: list[Job]) -> list[CaptionPart]:
+        analyzer = self._analyzer
+        assert analyzer is not None
+        caption = getattr(analyzer, "caption", None)
+        payloads = [job.payload for job in jobs]
+        if callable(caption):
+            results: list[CaptionPart] = caption(payloads)
+        else:
+            from bot.pipeline import caption_part_of
+
+            results = [caption_part_of(record) for record in analyzer.analyze(payloads)]
+        self._observe_roles(analyzer)
+        return results
+
+    def _observe_roles(self, analyzer: AnalyzerLike) -> None:
+        """Per-role seconds of the batch this thread just ran (read while it still holds the turn)."""
         timings = getattr(analyzer, "last_timings", None)
         for role in _ROLES:
             seconds = getattr(timings, role, None)
-            if isinstance(seconds, (int, float)):
+            if isinstance(seconds, (int, float)) and seconds:
                 # "prepare" here is preprocessing the decode pool could not do ahead (models still loading).
                 self.metrics.observe_stage("prepare_in_worker" if role == "prepare" else role, float(seconds))
-        return results
 
     def _predict_texts(self, kind: JobKind, jobs: list[Job]) -> list[np.ndarray]:
         """All callers' texts in one model call, then each caller's rows back."""

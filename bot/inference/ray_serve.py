@@ -10,9 +10,16 @@ Two halves, selected by ``[inference] backend = "ray"``:
   pixels itself. Replicas ask for ``inference.ray_gpus_per_replica`` GPUs (0.5 puts two on a GPU),
   ``inference.ray_replicas`` of them, or an autoscaling range.
 - :class:`RayInferenceClient` — the bot side: the same async API as ``InferenceQueue``
-  (``start``/``close``/``analyze``/``embed_texts``/``clip_texts``/``score_sentiment``/``metrics``),
-  submitting over a Serve :class:`~ray.serve.handle.DeploymentHandle`. Several bot shard processes
-  can share one deployment.
+  (``start``/``close``/``analyze``/``analyze_fast``/``caption``/``embed_texts``/``clip_texts``/
+  ``score_sentiment``/``metrics``), submitting over a Serve :class:`~ray.serve.handle.DeploymentHandle`.
+  Several bot shard processes can share one deployment.
+
+The local queue's two analysis tiers and two priorities are a small-host mechanism (one CPU box where
+BLIP is most of the cost and a person must not wait behind indexing). A Ray cluster is sized for the
+load instead, so here ``analyze_fast`` runs the full analysis (a complete record, ``caption_pending``
+False, and no decoded image: the bytes are decoded in the replica), ``caption`` — never needed after
+that — still works (it re-encodes the image losslessly and analyses it), and ``priority`` is
+accepted and ignored: every request is served in arrival order.
 
 Why results travel as an :class:`Outcome` envelope rather than as raised exceptions: an exception
 raised in a replica reaches the caller wrapped in a ``RayTaskError`` (a new class whose name is not
@@ -48,11 +55,11 @@ from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerC
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from bot import imaging
-from bot.analysis import ImageAnalysis, Sentiment
+from bot.analysis import CaptionPart, ImageAnalysis, Sentiment
 from bot.config import ConfigError, Settings, load_settings
 from bot.decode_sandbox import DecodeSandbox
-from bot.imaging import ImageRejected
-from bot.inference.batching import JobKind, predict_splitting_on_oom
+from bot.imaging import DecodedImage, ImageRejected
+from bot.inference.batching import JobKind, Priority, predict_splitting_on_oom
 from bot.inference.errors import (
     InferenceError,
     JobTimeout,
@@ -530,12 +537,14 @@ class RayInferenceClient:
 
     # ------------------------------------------------------------------ public API (as InferenceQueue)
 
+    # `priority` is accepted for the InferenceQueue signature and ignored (see the module docstring).
     async def analyze(
         self,
         data: bytes | bytearray | memoryview,
         *,
         filename: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.INTERACTIVE,
     ) -> ImageAnalysis:
         """Analyse untrusted image bytes on a replica (decoded there).
 
@@ -546,21 +555,74 @@ class RayInferenceClient:
         result: ImageAnalysis = await self._run(JobKind.IMAGE, "analyze", timeout, bytes(data), filename)
         return result
 
-    async def embed_texts(self, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:  # noqa: ASYNC109
+    async def analyze_fast(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        filename: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.BACKGROUND,
+    ) -> tuple[ImageAnalysis, DecodedImage | None]:
+        """The full analysis (no tiers on a cluster): ``(complete record, None)``.
+
+        The record has ``caption_pending`` False, so a caller never needs :meth:`caption` for it; the
+        decoded image stays in the replica, hence None.
+        """
+        record: ImageAnalysis = await self._run(JobKind.IMAGE, "analyze", timeout, bytes(data), filename)
+        return record, None
+
+    async def caption(
+        self,
+        decoded: DecodedImage,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.BACKGROUND,
+    ) -> CaptionPart:
+        """The caption part of an already decoded image, for callers written against the local queue.
+
+        Never needed after :meth:`analyze_fast` here (its records are complete). The image is sent as
+        a lossless PNG (already upright and at most ``images.target_size``, so decoding it again in
+        the replica changes no pixel) and fully analysed; its caption part is returned.
+        """
+        from bot.pipeline import caption_part_of
+
+        data = await asyncio.to_thread(_png_bytes, decoded)
+        record: ImageAnalysis = await self._run(JobKind.CAPTION, "analyze", timeout, data, "decoded.png")
+        return caption_part_of(record)
+
+    async def embed_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> np.ndarray:
         """Caption-space (MiniLM) vectors, one row per text."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         result: np.ndarray = await self._run(JobKind.EMBED_TEXT, "embed_texts", timeout, list(texts))
         return result
 
-    async def clip_texts(self, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:  # noqa: ASYNC109
+    async def clip_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> np.ndarray:
         """CLIP text vectors (text→image search), one row per text."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         result: np.ndarray = await self._run(JobKind.CLIP_TEXT, "clip_texts", timeout, list(texts))
         return result
 
-    async def score_sentiment(self, texts: Sequence[str], *, timeout: float | None = None) -> list[Sentiment]:  # noqa: ASYNC109
+    async def score_sentiment(
+        self,
+        texts: Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> list[Sentiment]:
         """Text sentiment (the configured sentiment model), one per text."""
         if not texts:
             return []
@@ -605,7 +667,7 @@ class RayInferenceClient:
         self.metrics.job_finished(kind, "ok")
         self.metrics.observe_stage("latency", time.perf_counter() - started)
         self.metrics.observe_stage(f"predict_{kind}", outcome.predict_s)
-        self.metrics.observe_batch(kind, outcome.batch_size, images=1 if kind == JobKind.IMAGE else 0)
+        self.metrics.observe_batch(kind, outcome.batch_size, images=1 if kind is JobKind.IMAGE else 0)
         return outcome.value
 
     async def _send(self, method: str, args: tuple[Any, ...]) -> Outcome:
@@ -651,6 +713,14 @@ class RayInferenceClient:
         if key not in self._dead_replicas:
             self._dead_replicas.add(key)
             self.metrics.worker_restarted()
+
+
+def _png_bytes(decoded: DecodedImage) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    decoded.image.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------- command line

@@ -1,9 +1,12 @@
-"""Image ingestion: everything between "a message has pictures" and "the bot knows them".
+"""Image ingestion's front door: limits, then either the backlog or an analysis right now.
 
 Discord-agnostic: the listener cog (and console mode, and backfill) hand over :class:`IncomingImage`
-items with a ``read`` coroutine; this module applies limits, reads, analyses through the inference
-queue (batched with everyone else's images), caches and remembers the results, and reports one
-:class:`IngestOutcome` per image with a user-readable reason for anything it refused.
+items with a ``read`` coroutine. :meth:`ImageIngestor.accept` is for passive posts: after the per-message
+cap and the per-user/channel rate limits, the pictures go into the durable backlog
+(bot/ingest/backlog.py) and the call returns at once. :meth:`ImageIngestor.ingest` analyses now, at the
+priority the caller asks for (interactive: a mention, Find similar; background: /index), caches and
+remembers the results. Both report one :class:`IngestOutcome` per image, with a user-readable reason
+for anything refused.
 """
 
 from __future__ import annotations
@@ -12,21 +15,26 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot.analysis import ImageAnalysis
 from bot.config import Settings
 from bot.context_cache import AnalysisCache
 from bot.imaging import EmptyImage, ImageRejected, ImageTooLarge
+from bot.inference import Priority
 from bot.inference.errors import InferenceError, QueueBusy
 from bot.memory.records import ImageRef
 from bot.ratelimit import ImageRateLimiter
+
+if TYPE_CHECKING:
+    from bot.ingest.backlog import IngestBacklog
 
 log = logging.getLogger(__name__)
 
 
 class AnalyzesImages(Protocol):
-    async def analyze(self, data: bytes, *, filename: str | None = None) -> ImageAnalysis: ...
+    async def analyze(self, data: bytes, *, filename: str | None = None, priority: Priority = ...
+                      ) -> ImageAnalysis: ...
 
 
 class RemembersImages(Protocol):
@@ -57,7 +65,7 @@ class IngestOutcome:
     analysis: ImageAnalysis | None = None
     # One sentence for the user when the image was not analysed.
     problem: str | None = None
-    # "rejected" (bad file), "rate_limited", "busy", "failed"
+    # "queued" (accepted into the backlog), "rejected" (bad file), "rate_limited", "busy", "failed"
     code: str | None = None
 
     @property
@@ -74,23 +82,80 @@ class ImageIngestor:
         cache: AnalysisCache | None = None,
         limiter: ImageRateLimiter | None = None,
         memory: RemembersImages | None = None,
+        backlog: IngestBacklog | None = None,
     ) -> None:
         self.settings = settings
         self.analyzer = analyzer
         self.cache = cache if cache is not None else AnalysisCache()
         self.limiter = limiter if limiter is not None else ImageRateLimiter(settings.rate_limits)
         self.memory = memory
+        self.backlog = backlog
 
-    async def ingest(
+    async def accept(
         self, images: Sequence[IncomingImage], *, user_id: int = 0, channel_id: int = 0, rate_limit: bool = True
     ) -> list[IngestOutcome]:
-        """Analyse a message's images (all of them, concurrently); one outcome per image, in order."""
+        """A passive post: into the durable backlog (returns at once; never refused for load).
+
+        Outcomes: ``queued``, or the cap / rate-limit / too-large refusals decided without reading a
+        byte, or the cached analysis of a picture seen before (a replayed message)."""
+        if self.backlog is None:
+            return await self.ingest(images, user_id=user_id, channel_id=channel_id, rate_limit=rate_limit,
+                                     priority=Priority.BACKGROUND)
+        outcomes, todo = self._admit(images, user_id=user_id, channel_id=channel_id, rate_limit=rate_limit)
+        queued = []
+        max_bytes = self.settings.images.max_bytes
+        for index in todo:
+            image = images[index]
+            if image.size is not None and image.size > max_bytes:  # refuse before queueing a download
+                outcomes[index] = IngestOutcome(image, problem=ImageTooLarge(image.size, max_bytes,
+                                                filename=image.filename).user_message, code="rejected")
+            else:
+                outcomes[index] = IngestOutcome(image, code="queued")
+                queued.append(image)
+        await self.backlog.accept(queued)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def hurry(self, images: Sequence[IncomingImage]) -> None:
+        """Someone asks about these pictures: any still waiting in the backlog (for its first look or its
+        caption) is analysed now, at interactive priority, so the answer can use it."""
+        if self.backlog is not None:
+            await self.backlog.hurry(images, analyze=self._analyze_now)
+
+    async def _analyze_now(self, image: IncomingImage) -> ImageAnalysis | None:
+        [outcome] = await self.ingest([image], rate_limit=False, priority=Priority.INTERACTIVE, fresh=True)
+        return outcome.analysis
+
+    async def ingest(
+        self, images: Sequence[IncomingImage], *, user_id: int = 0, channel_id: int = 0, rate_limit: bool = True,
+        priority: Priority = Priority.INTERACTIVE, fresh: bool = False,
+    ) -> list[IngestOutcome]:
+        """Analyse a message's images now (all of them, concurrently); one outcome per image, in order.
+
+        ``fresh``: ignore a cached first-look record (a picture whose caption is still pending)."""
+        outcomes, todo = self._admit(images, user_id=user_id, channel_id=channel_id, rate_limit=rate_limit,
+                                     fresh=fresh)
+        refs = [images[index].ref for index in todo if images[index].ref is not None]
+        if self.memory is not None and refs:
+            await self.memory.begin(refs)  # from here a crash leaves them in the ledger, resumed on start
+        try:
+            results = await asyncio.gather(*(self._one(images[index], priority) for index in todo))
+        finally:
+            if self.memory is not None and refs:
+                self.memory.settle(refs)
+        for index, outcome in zip(todo, results, strict=True):
+            outcomes[index] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _admit(
+        self, images: Sequence[IncomingImage], *, user_id: int, channel_id: int, rate_limit: bool, fresh: bool = False
+    ) -> tuple[list[IngestOutcome | None], list[int]]:
+        """The cache, the per-message cap and the rate limits: outcomes decided so far, and what is left."""
         cap = self.settings.images.max_images_per_message
         outcomes: list[IngestOutcome | None] = [None] * len(images)
         todo: list[int] = []
         for index, image in enumerate(images):
             cached = self.cache.get(image.key)
-            if cached is not None:  # replayed or re-processed message: no second analysis
+            if cached is not None and not (fresh and cached.caption_pending):  # replayed: no second analysis
                 outcomes[index] = IngestOutcome(image, cached)
             elif len(todo) >= cap:
                 outcomes[index] = IngestOutcome(image, problem=f"I only look at {cap} images per message.",
@@ -107,24 +172,13 @@ class ImageIngestor:
                     problem=f"That's a lot of pictures at once; try again in {max(1, round(wait))} seconds.",
                 )
             todo = todo[:granted]
-
-        refs = [images[index].ref for index in todo if images[index].ref is not None]
-        if self.memory is not None and refs:
-            await self.memory.begin(refs)  # from here a crash leaves them in the ledger, resumed on start
-        try:
-            results = await asyncio.gather(*(self._one(images[index]) for index in todo))
-        finally:
-            if self.memory is not None and refs:
-                self.memory.settle(refs)
-        for index, outcome in zip(todo, results, strict=True):
-            outcomes[index] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
+        return outcomes, todo
 
     def known(self, image: IncomingImage) -> ImageAnalysis | None:
         """The analysis of an image seen before (never starts a new one: chat must not bypass limits)."""
         return self.cache.get(image.key)
 
-    async def _one(self, image: IncomingImage) -> IngestOutcome:
+    async def _one(self, image: IncomingImage, priority: Priority) -> IngestOutcome:
         max_bytes = self.settings.images.max_bytes
         try:
             if image.size is not None and image.size > max_bytes:
@@ -133,7 +187,7 @@ class ImageIngestor:
             data = await image.read()
             if not data:
                 raise EmptyImage()
-            analysis = await self.analyzer.analyze(data, filename=image.filename)
+            analysis = await self.analyzer.analyze(data, filename=image.filename, priority=priority)
         except ImageRejected as exc:
             if self.memory is not None and image.ref is not None:
                 await self.memory.abandon([image.ref])  # a bad file stays bad: never resumed

@@ -18,6 +18,15 @@ so an image that was taken back (deleted, edited away, /forget: :meth:`mark_done
 put back. Deletes that could not reach the store wait in a second table (:meth:`queue_delete`) and are
 replayed before the backlog.
 
+Two tiers (the ingest backlog, bot/ingest/backlog.py): a posted picture is *accepted* into this file
+before anything else happens (:meth:`IngestLedger.accept`, stage ``fast``), gets its fast first look
+(stage ``caption`` once that record is stored) and its caption later; only then is the row deleted.
+The same transaction that accepts a message's pictures also moves its channel's *mark* (the newest
+message accepted there), so after a crash the bot can read each channel's history after its mark
+and find a picture whose message arrived just before the kill, before any of this was written. The
+waiting rows are bounded (:meth:`IngestLedger.drop_oldest`): past the bound the oldest are dropped,
+counted and logged, never silently.
+
 A tiny stdlib ``sqlite3`` file in WAL mode, kept beside (not inside) the Chroma data so that it works
 the same with the embedded and the HTTP backend. ``synchronous=NORMAL``: every commit survives a
 process crash (the case this is for); a power cut may lose the last few marks, like Chroma's own log.
@@ -27,8 +36,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +69,20 @@ CREATE TABLE IF NOT EXISTS deletes (
     queued REAL NOT NULL
 )
 """
+_STAGE = "ALTER TABLE pending ADD COLUMN stage TEXT NOT NULL DEFAULT 'fast'"  # see STAGES
+_MARKS = """
+CREATE TABLE IF NOT EXISTS channel_marks (
+    channel_id INTEGER PRIMARY KEY,
+    guild_id INTEGER,
+    message_id INTEGER NOT NULL
+)
+"""
+# Snowflake ids grow with time, so attachment id order is arrival order (first_marked breaks no ties
+# that matter, but keeps rows from older files, marked in batches, in their marking order).
 _ORDER = " ORDER BY first_marked, attachment_id"
+#: ``fast``: waiting for its first look (or a full analysis); ``caption``: the fast-tier record exists
+#: (stored, or in ``analysis`` waiting for the store), the caption tier is still to come.
+STAGES = ("fast", "caption")
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,16 @@ class PendingImage:
     ref: ImageRef
     attempts: int  # how many times it was marked pending (1 = never retried)
     first_marked: float  # epoch seconds
+    stage: str = "fast"  # one of STAGES
+
+
+@dataclass(frozen=True)
+class BacklogRow:
+    """An analysis waiting for the store, with the exact text it was saved as (to finish it safely)."""
+
+    ref: ImageRef
+    analysis: ImageAnalysis
+    saved_as: str
 
 
 @dataclass(frozen=True)
@@ -87,7 +120,10 @@ class IngestLedger(SqliteFile):
         columns = {row[1] for row in self.execute("PRAGMA table_info(pending)")}
         if "analysis" not in columns:
             self.execute(_PENDING_ANALYSIS)
+        if "stage" not in columns:
+            self.execute(_STAGE)
         self.execute(_DELETES)
+        self.execute(_MARKS)
 
     @classmethod
     def open(cls, settings: Settings) -> IngestLedger:
@@ -98,12 +134,76 @@ class IngestLedger(SqliteFile):
         self.mark_pending_many([ref])
 
     def mark_pending_many(self, refs: Iterable[ImageRef]) -> None:
+        """Before an analysis right now (or a retry): marked, one more attempt counted, channel marks moved."""
+        refs = list(refs)
         rows = [(ref.attachment_id, json.dumps(ref.to_dict()), time.time()) for ref in refs]
-        self.executemany(
-            "INSERT INTO pending (attachment_id, ref, first_marked) VALUES (?, ?, ?) "
-            "ON CONFLICT(attachment_id) DO UPDATE SET ref = excluded.ref, attempts = attempts + 1",
-            rows,
-        )
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO pending (attachment_id, ref, first_marked) VALUES (?, ?, ?) "
+                "ON CONFLICT(attachment_id) DO UPDATE SET ref = excluded.ref, attempts = attempts + 1",
+                rows,
+            )
+            _move_marks(db, refs)
+
+        self.transaction(work)
+
+    def accept(self, refs: Iterable[ImageRef]) -> list[int]:
+        """Write posted pictures as waiting for their first look, and move their channels' marks, in
+        one transaction. Returns the attachment ids that were new (a replayed message adds nothing)."""
+        refs = list(refs)
+        rows = [(ref.attachment_id, json.dumps(ref.to_dict()), time.time()) for ref in refs]
+
+        def work(db: sqlite3.Connection) -> list[int]:
+            new = [row[0] for row in rows if db.execute(
+                "INSERT INTO pending (attachment_id, ref, first_marked) VALUES (?, ?, ?) "
+                "ON CONFLICT(attachment_id) DO NOTHING RETURNING attachment_id", row).fetchall()]
+            _move_marks(db, refs)
+            return new
+
+        return self.transaction(work)
+
+    def channel_marks(self) -> dict[int, tuple[int | None, int]]:
+        """channel id → (guild id, newest message id accepted there)."""
+        return {channel: (guild, message) for channel, guild, message in
+                self.execute("SELECT channel_id, guild_id, message_id FROM channel_marks")}
+
+    def set_stage(self, attachment_id: int, stage: str) -> bool:
+        """Move a waiting picture on (``caption``: its fast-tier record is stored). False if it is gone."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        return bool(self.execute("UPDATE pending SET stage = ? WHERE attachment_id = ? RETURNING attachment_id",
+                                 (stage, attachment_id)))
+
+    def counts(self) -> dict[str, int]:
+        """Waiting pictures per stage (``fast``, ``caption``) and analyses waiting for the store (``store``)."""
+        out = dict.fromkeys((*STAGES, "store"), 0)
+        for stage, count in self.execute("SELECT stage, count(*) FROM pending GROUP BY stage"):
+            out[stage] = int(count)
+        [(stored,)] = self.execute("SELECT count(*) FROM pending WHERE analysis IS NOT NULL")
+        out["store"] = int(stored)
+        return out
+
+    def oldest_waiting(self) -> float | None:
+        """Epoch seconds the oldest waiting picture was accepted (None: nothing waits)."""
+        [(oldest,)] = self.execute("SELECT min(first_marked) FROM pending")
+        return float(oldest) if oldest is not None else None
+
+    def drop_oldest(self, keep: int) -> list[ImageRef]:
+        """Bound the waiting pictures to ``keep``: delete the oldest beyond that and return them (for the
+        log and the metric). Pictures already analysed and only waiting for the store are kept: they
+        cost no more model work, and dropping them would lose finished work."""
+        def work(db: sqlite3.Connection) -> list[ImageRef]:
+            [(total,)] = db.execute("SELECT count(*) FROM pending WHERE analysis IS NULL").fetchall()
+            excess = int(total) - keep
+            if excess <= 0:
+                return []
+            rows = db.execute("SELECT attachment_id, ref FROM pending WHERE analysis IS NULL" + _ORDER + " LIMIT ?",
+                              (excess,)).fetchall()
+            db.executemany("DELETE FROM pending WHERE attachment_id = ?", [(row[0],) for row in rows])
+            return [ImageRef.from_dict(json.loads(ref)) for _, ref in rows]
+
+        return self.transaction(work)
 
     def mark_done(self, *attachment_ids: int) -> None:
         """Finished (stored) or abandoned (message deleted, image refused): either way not to resume."""
@@ -112,13 +212,14 @@ class IngestLedger(SqliteFile):
     def pending(self, *, max_attempts: int | None = None) -> list[PendingImage]:
         """What to analyse again, oldest first (not the backlog: that is analysed already);
         ``max_attempts`` leaves out images that keep failing."""
-        query = "SELECT ref, attempts, first_marked FROM pending WHERE analysis IS NULL"
+        query = "SELECT ref, attempts, first_marked, stage FROM pending WHERE (analysis IS NULL OR stage = 'caption')"
         params: tuple[int, ...] = ()
         if max_attempts is not None:
             query += " AND attempts <= ?"
             params = (max_attempts,)
         rows = self.execute(query + _ORDER, params)
-        return [PendingImage(ImageRef.from_dict(json.loads(ref)), attempts, first) for ref, attempts, first in rows]
+        return [PendingImage(ImageRef.from_dict(json.loads(ref)), attempts, first, stage)
+                for ref, attempts, first, stage in rows]
 
     # ----- the backlog: analysed, not yet stored -----
 
@@ -131,7 +232,7 @@ class IngestLedger(SqliteFile):
         )
         return bool(rows)
 
-    def backlog(self, attachment_ids: Iterable[int] | None = None) -> list[tuple[ImageRef, ImageAnalysis]]:
+    def backlog(self, attachment_ids: Iterable[int] | None = None) -> list[BacklogRow]:
         """Analysed images waiting for the store (all, or these), oldest first. A row that cannot be
         read back (a hand-edited or truncated file) is logged and dropped rather than blocking the rest."""
         query = "SELECT attachment_id, ref, analysis FROM pending WHERE analysis IS NOT NULL"
@@ -141,14 +242,26 @@ class IngestLedger(SqliteFile):
             if not params:
                 return []
             query += f" AND attachment_id IN ({', '.join('?' * len(params))})"
-        items: list[tuple[ImageRef, ImageAnalysis]] = []
+        items: list[BacklogRow] = []
         for attachment_id, ref, analysis in self.execute(query + _ORDER, params):
             try:
-                items.append((ImageRef.from_dict(json.loads(ref)), ImageAnalysis.from_dict(json.loads(analysis))))
+                items.append(BacklogRow(ImageRef.from_dict(json.loads(ref)),
+                                        ImageAnalysis.from_dict(json.loads(analysis)), analysis))
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("dropping unreadable backlog entry %s: %r", attachment_id, exc)
                 self.mark_done(attachment_id)
         return items
+
+    def written(self, row: BacklogRow) -> bool:
+        """The store took ``row``: a complete record's row is done; a fast-tier record's row goes back to
+        waiting for its caption. Only if the row still holds exactly what was written: False when a
+        newer analysis (the caption tier) was saved meanwhile, which then still waits for the store."""
+        if row.analysis.caption_pending:
+            sql = ("UPDATE pending SET analysis = NULL, stage = 'caption' WHERE attachment_id = ? AND analysis = ? "
+                   "RETURNING attachment_id")
+        else:
+            sql = "DELETE FROM pending WHERE attachment_id = ? AND analysis = ? RETURNING attachment_id"
+        return bool(self.execute(sql, (row.ref.attachment_id, row.saved_as)))
 
     def backlog_refs(self) -> list[ImageRef]:
         """The refs of the backlog, oldest first (cheap: no analyses)."""
@@ -169,6 +282,18 @@ class IngestLedger(SqliteFile):
 
     def delete_done(self, *delete_ids: int) -> None:
         self.executemany("DELETE FROM deletes WHERE id = ?", [(int(i),) for i in delete_ids])
+
+
+def _move_marks(db: sqlite3.Connection, refs: Sequence[ImageRef]) -> None:
+    """Each channel's mark: the newest message whose pictures were written down here."""
+    marks: dict[int, tuple[int | None, int]] = {}
+    for ref in refs:
+        guild_id, newest = marks.get(ref.channel_id, (ref.guild_id, 0))
+        marks[ref.channel_id] = (guild_id, max(newest, ref.message_id))
+    db.executemany(
+        "INSERT INTO channel_marks (channel_id, guild_id, message_id) VALUES (?, ?, ?) "
+        "ON CONFLICT(channel_id) DO UPDATE SET message_id = max(message_id, excluded.message_id)",
+        [(channel, guild, newest) for channel, (guild, newest) in marks.items()])
 
 
 def ledger_path(settings: Settings) -> Path:

@@ -9,6 +9,12 @@ Discord ids are snowflakes below 2**63, so they fit Chroma's 64-bit integers exa
 tests, over HTTP too). A DM has no guild; it is stored as guild ``0`` (no snowflake is 0).
 Label lists are joined with ``|``, which a label can never contain (it separates label and prompt in
 the label files), so they split back losslessly.
+
+A fast-tier record (:attr:`~bot.analysis.ImageAnalysis.caption_pending`: CLIP's labels, topic and mood
+known, the caption not written yet) is flattened the same way with ``caption_pending`` True, an empty
+caption and caption topic, and ``sentiment`` holding the image's own mood. Records written before the
+flag existed have no such key and read back as complete, which they are (so the layout kept its
+:data:`SCHEMA_VERSION`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.analysis import SENTIMENT_LABELS, ImageAnalysis
+from bot.analysis import PENDING_CAPTION, SENTIMENT_LABELS, ImageAnalysis
 
 # Bumped when the metadata layout changes, so old records can be recognised and re-analysed.
 SCHEMA_VERSION = 1
@@ -108,10 +114,27 @@ class StoredImage:
     width: int = 0
     height: int = 0
     format: str = ""
+    # Fast tier only: no caption yet (``caption`` is "", ``caption_topic`` None, and ``sentiment`` is the
+    # image's own mood until the caption tier's record replaces this one).
+    caption_pending: bool = False
 
     @property
     def attachment_id(self) -> int:
         return self.ref.attachment_id
+
+    @property
+    def display_caption(self) -> str:
+        """What a result card shows as the caption: never blank, and never a missing caption passed off
+        as a real one."""
+        if self.caption_pending:
+            return PENDING_CAPTION
+        return self.caption or "an image"
+
+    @property
+    def caption_sentiment(self) -> str | None:
+        """The caption's sentiment; None while the caption is not written (``sentiment`` is then the
+        image's own mood, a different reading that aggregates must not mix in)."""
+        return None if self.caption_pending else self.sentiment
 
 
 def record_id(attachment_id: int) -> str:
@@ -144,6 +167,7 @@ def to_metadata(ref: ImageRef, analysis: ImageAnalysis) -> Metadata:
         "width": int(analysis.width),
         "height": int(analysis.height),
         "format": analysis.format,
+        "caption_pending": bool(analysis.caption_pending),
     }
     for name in SENTIMENT_LABELS:
         meta[f"sentiment_{name}"] = float(analysis.sentiment.scores.get(name, 0.0))
@@ -193,4 +217,5 @@ def from_metadata(meta: Mapping[str, Any]) -> StoredImage:
         width=int(meta.get("width", 0)),
         height=int(meta.get("height", 0)),
         format=str(meta.get("format", "")),
+        caption_pending=bool(meta.get("caption_pending", False)),
     )

@@ -82,7 +82,10 @@ class MemoryService:
         # Images between begin() and settle(): downloading or in the models, not yet stored. A delete,
         # an edit or /forget that arrives meanwhile finds nothing in the store, so it is noted here
         # and remember() drops the image instead of storing what its owner just took back.
+        # Several holders may have one image in flight at once (the backlog waiting for its caption and
+        # a chat that asked for it right now): it stays in flight until the last one settles.
         self._in_flight: dict[int, ImageRef] = {}
+        self._holds: dict[int, int] = {}
         self.retracted: set[int] = set()  # attachment ids, while in flight
         # Analysed images the store could not take yet, oldest first; their analyses wait in the ledger.
         self._backlog: dict[int, ImageRef] = {}
@@ -134,10 +137,39 @@ class MemoryService:
 
     async def begin(self, refs: Sequence[ImageRef]) -> None:
         """Before download + analysis: a crash from here on leaves them in the ledger to resume."""
-        for ref in refs:
-            self._in_flight[ref.attachment_id] = ref
+        self._hold(refs)
         if refs:
             await asyncio.to_thread(self.ledger.mark_pending_many, refs)
+
+    async def accept(self, refs: Sequence[ImageRef]) -> list[int]:
+        """Passive posts, before anything else: durable in the ledger (stage ``fast``) and in flight
+        until :meth:`settle`. Returns the attachment ids that were new (replays add nothing)."""
+        self._hold(refs)  # before the write: a delete arriving meanwhile must find them
+        if not refs:
+            return []
+        new = await asyncio.to_thread(self.ledger.accept, refs)
+        self.settle([ref for ref in refs if ref.attachment_id not in set(new)])  # replays: nobody holds those
+        return new
+
+    def _hold(self, refs: Iterable[ImageRef]) -> None:
+        for ref in refs:
+            self._in_flight[ref.attachment_id] = ref
+            self._holds[ref.attachment_id] = self._holds.get(ref.attachment_id, 0) + 1
+
+    async def drop_oldest(self, keep: int) -> list[ImageRef]:
+        """Bound the waiting pictures (bot.ingest.backlog): the oldest beyond ``keep`` are dropped."""
+        dropped = await asyncio.to_thread(self.ledger.drop_oldest, keep)
+        for ref in dropped:
+            self._in_flight.pop(ref.attachment_id, None)
+            self._holds.pop(ref.attachment_id, None)
+        return dropped
+
+    async def channel_marks(self) -> dict[int, tuple[int | None, int]]:
+        return await asyncio.to_thread(self.ledger.channel_marks)
+
+    def is_retracted(self, attachment_id: int) -> bool:
+        """Taken back (deleted, edited away, /forget) while waiting or being analysed."""
+        return attachment_id in self.retracted
 
     async def remember(self, ref: ImageRef, analysis: ImageAnalysis) -> bool:
         """Store an analysed image; False when it was deleted (or forgotten) while being analysed.
@@ -159,7 +191,10 @@ class MemoryService:
             await self._delete_or_queue("attachments", {"guild_id": ref.guild_id, "attachment_ids": [ref.attachment_id],
                                                         "user_id": ref.author_id})
             return False
-        await asyncio.to_thread(self.ledger.mark_done, ref.attachment_id)
+        if analysis.caption_pending:  # the fast tier: the row now waits for the caption tier
+            await asyncio.to_thread(self.ledger.set_stage, ref.attachment_id, "caption")
+        else:
+            await asyncio.to_thread(self.ledger.mark_done, ref.attachment_id)
         return True
 
     async def _enqueue(self, ref: ImageRef, analysis: ImageAnalysis) -> bool:
@@ -177,8 +212,14 @@ class MemoryService:
             await asyncio.to_thread(self.ledger.mark_done, *ids)
 
     def settle(self, refs: Iterable[ImageRef]) -> None:
-        """Ingest is done with these (stored, refused or failed): no longer in flight."""
+        """One holder is done with these (stored, refused or failed): no longer in flight once the last
+        holder (each :meth:`begin` / :meth:`accept`) has settled."""
         for ref in refs:
+            left = self._holds.get(ref.attachment_id, 1) - 1
+            if left > 0:
+                self._holds[ref.attachment_id] = left
+                continue
+            self._holds.pop(ref.attachment_id, None)
             self._in_flight.pop(ref.attachment_id, None)
             self.retracted.discard(ref.attachment_id)
 
@@ -310,20 +351,24 @@ class MemoryService:
             self._writing, self._taken_back_while_writing = batch, set()
             try:
                 rows = await asyncio.to_thread(self.ledger.backlog, batch)
-                rows = [(ref, analysis) for ref, analysis in rows
-                        if ref.attachment_id not in self._taken_back_while_writing]
-                await self._write(rows)
-                taken_back = [ref for ref, _ in rows if ref.attachment_id in self._taken_back_while_writing]
+                rows = [row for row in rows if row.ref.attachment_id not in self._taken_back_while_writing]
+                await self._write([(row.ref, row.analysis) for row in rows])
+                taken_back = [row.ref for row in rows if row.ref.attachment_id in self._taken_back_while_writing]
             finally:
                 self._writing = {}
             for ref in taken_back:  # its delete may have run before this upsert landed
                 await self._delete_or_queue("attachments", {"guild_id": ref.guild_id,
                                                             "attachment_ids": [ref.attachment_id],
                                                             "user_id": ref.author_id})
-            done = [i for i in batch if i in self._backlog]
-            await asyncio.to_thread(self.ledger.mark_done, *done)
+            # A row whose analysis changed while it was written (the caption tier landed) stays for the
+            # next round; every other one is finished (done, or back to waiting for its caption).
+            newer = set()
+            for row in rows:
+                if row.ref.attachment_id in self._backlog and not await asyncio.to_thread(self.ledger.written, row):
+                    newer.add(row.ref.attachment_id)
             for attachment_id in batch:  # written, taken back, or its ledger row is gone
-                self._backlog.pop(attachment_id, None)
+                if attachment_id not in newer:
+                    self._backlog.pop(attachment_id, None)
             log.info("wrote %d image(s) from the memory backlog; %d left", len(rows), len(self._backlog))
 
     async def _write(self, rows: list[tuple[ImageRef, ImageAnalysis]]) -> None:

@@ -22,11 +22,26 @@ Layout (why: measured on a 2-core box, see ``bench/results/find.md`` and ``bench
   a gap in the ranks gives one away.
 * Explicit filters the user asks for (author, channel, sentiment, topic, time range) do go into the
   where-clause: they are selective, and post-filtering them would need huge fetches.
+* **A fast-tier record has no text record.** Analysis comes in two tiers (CLIP first, the caption
+  seconds to minutes later); a record whose caption is not written yet
+  (:attr:`~bot.analysis.ImageAnalysis.caption_pending`) has no caption vector, so it lives in the clip
+  collection only, and its clip entry carries the *full* record (flagged ``caption_pending``) instead of
+  the index keys. Every read takes a record from the text collection, else from a clip entry flagged
+  pending. The complete record for the same attachment then adds the text record and shrinks the clip
+  entry back to the index keys (Chroma *merges* metadata on upsert, so the other keys are deleted
+  explicitly). A fast-tier record never replaces a complete one: upserting it for an attachment that
+  already has its text record is skipped, so a late or replayed fast tier cannot erase a caption.
+  In /find's fusion a pending record has no caption rank and ranks by its CLIP rank alone (counted for
+  both spaces, see :meth:`ImageStore.search`); complete records score as before. With the sentiment
+  filter, a pending record matches by the image's own mood: the mood its card shows.
 
 Write order makes crashes harmless: upsert writes the text record, then the clip entry; delete removes
 the text record first. :meth:`ImageStore.has` looks at the clip collection, so an image whose upsert
 was interrupted counts as missing and is analysed again, and every result is read back from its text
-record, so a clip entry orphaned by an interrupted delete is never shown (a replayed delete removes it).
+record (or, for a fast-tier record, from its clip entry flagged pending), so a clip entry orphaned by an
+interrupted delete is never shown (a replayed delete removes it). A complete record whose upsert was
+interrupted between its text record and its clip entry reads back complete, and
+``has(..., captioned=True)`` still counts it as waiting for its caption, so it is written again.
 
 Chroma's default embedding function (an ONNX model it would download) is never attached:
 collections are always opened with ``embedding_function=None`` and every call passes vectors, so a
@@ -79,7 +94,9 @@ log = logging.getLogger(__name__)
 SpaceKind = Literal["text", "clip"]
 # Keys the clip index carries: everything a search may filter on, nothing it only displays.
 # ("message" too, so that a replayed delete also finds an index entry whose text record is already gone.)
-INDEX_KEYS = ("channel", "message", "author", "created_ts", "nsfw", "sentiment", "topic", "caption_topic")
+# ("caption_pending" too: False in a complete record's entry, True in a fast-tier record's full one.)
+INDEX_KEYS = ("channel", "message", "author", "created_ts", "nsfw", "sentiment", "topic", "caption_topic",
+              "caption_pending")
 RRF_K = 60
 HNSW = {"space": "cosine", "ef_construction": 100, "ef_search": 100, "max_neighbors": 16}
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
@@ -402,35 +419,69 @@ class ImageStore:
 
     @_reachable
     def upsert_many(self, items: Iterable[tuple[ImageRef, ImageAnalysis]]) -> int:
-        """Store (or overwrite) images keyed by attachment id; replaying never duplicates. Returns the count."""
+        """Store (or overwrite) images keyed by attachment id; replaying never duplicates. Returns the count.
+
+        A fast-tier record (``caption_pending``) is stored in the clip collection only; the complete
+        record for the same attachment replaces it. A fast-tier record for an image whose complete record
+        is stored (or comes later in the same call) is skipped: never a downgrade. Skipped ones count too
+        (the image is stored)."""
         by_space: dict[tuple[int | None, int | None], dict[str, tuple[ImageRef, ImageAnalysis]]] = {}
         for ref, analysis in items:
             space = (ref.guild_id, None if ref.guild_id is not None else ref.author_id)
-            by_space.setdefault(space, {})[record_id(ref.attachment_id)] = (ref, analysis)  # last one wins
+            records = by_space.setdefault(space, {})
+            rid = record_id(ref.attachment_id)
+            held = records.get(rid)
+            if held is not None and analysis.caption_pending and not held[1].caption_pending:
+                continue  # this batch holds the complete record already: keep it
+            records[rid] = (ref, analysis)  # otherwise the last one wins
         total = 0
         with self._lock:
             for (guild_id, user_id), records in by_space.items():
                 text, clip = self._pair(guild_id, user_id, create=True)
                 rows = list(records.items())
                 for chunk in _chunks(rows, self._batch):
-                    ids = [rid for rid, _ in chunk]
-                    metas = [to_metadata(ref, analysis) for _, (ref, analysis) in chunk]
-                    text.upsert(
-                        ids=ids,
-                        embeddings=np.asarray([a.caption_embedding for _, (_, a) in chunk], dtype=np.float32),
-                        metadatas=metas,
-                    )
-                    clip.upsert(
-                        ids=ids,
-                        embeddings=np.asarray([a.image_embedding for _, (_, a) in chunk], dtype=np.float32),
-                        metadatas=[_index_meta(meta) for meta in metas],
-                    )
+                    self._write_chunk(text, clip, chunk)
                 total += len(rows)
         return total
 
+    def _write_chunk(self, text: Collection, clip: Collection,
+                     chunk: Sequence[tuple[str, tuple[ImageRef, ImageAnalysis]]]) -> None:
+        """One chunk of :meth:`upsert_many`: text records of the complete ones first, then every clip entry."""
+        complete = [(rid, ref, a) for rid, (ref, a) in chunk if not a.caption_pending]
+        fast = [(rid, ref, a) for rid, (ref, a) in chunk if a.caption_pending]
+        if fast:  # a late or replayed fast tier must not erase a caption: skip what is complete already
+            captioned = set(text.get(ids=[rid for rid, _, _ in fast], include=[])["ids"])
+            fast = [row for row in fast if row[0] not in captioned]
+        rows = complete + fast
+        if not rows:
+            return
+        metas = {rid: to_metadata(ref, a) for rid, ref, a in rows}
+        if complete:
+            text.upsert(
+                ids=[rid for rid, _, _ in complete],
+                embeddings=np.asarray([a.caption_embedding for _, _, a in complete], dtype=np.float32),
+                metadatas=[metas[rid] for rid, _, _ in complete],
+            )
+        entries: dict[str, dict[str, Any]] = {
+            rid: dict(metas[rid]) if a.caption_pending else dict(_index_meta(metas[rid])) for rid, _, a in rows
+        }
+        # Chroma merges metadata on upsert: the keys a fast-tier entry holds beyond what replaces it are
+        # deleted explicitly (a None value deletes a key), so a completed entry is the index keys again.
+        held = clip.get(ids=list(entries), where={"caption_pending": True}, include=["metadatas"])
+        for rid, old in zip(held["ids"], held["metadatas"] or [], strict=True):
+            if old is not None and rid in entries:
+                entries[rid].update({key: None for key in old if key not in entries[rid]})
+        clip.upsert(
+            ids=list(entries),
+            embeddings=np.asarray([a.image_embedding for _, _, a in rows], dtype=np.float32),
+            metadatas=list(entries.values()),  # type: ignore[arg-type]
+        )
+
     @_reachable
-    def has(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None) -> set[int]:
-        """Which of these attachments are fully stored (so re-processing can skip them)."""
+    def has(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None,
+            captioned: bool = False) -> set[int]:
+        """Which of these attachments are stored (so re-processing can skip them). A fast-tier record
+        counts (the image is findable); with ``captioned`` only those whose caption is written too."""
         wanted = [record_id(i) for i in dict.fromkeys(attachment_ids)]
         found: set[int] = set()
         for space in self._spaces_for(guild_id, user_id):
@@ -438,7 +489,12 @@ class ImageStore:
             if clip is None:
                 continue
             for chunk in _chunks(wanted, self._batch):
-                found.update(int(rid) for rid in clip.get(ids=list(chunk), include=[])["ids"])
+                if not captioned:
+                    found.update(int(rid) for rid in clip.get(ids=list(chunk), include=[])["ids"])
+                    continue
+                got = clip.get(ids=list(chunk), include=["metadatas"])
+                found.update(int(rid) for rid, meta in zip(got["ids"], got["metadatas"] or [], strict=True)
+                             if not (meta or {}).get("caption_pending"))
         return found
 
     def _delete_ids(self, guild_id: int | None, user_id: int | None, ids: Iterable[str]) -> int:
@@ -555,6 +611,13 @@ class ImageStore:
         ``guild_id`` None searches the requester's own DM space and nothing else.
         Each space contributes up to its ``max(2 * limit, 20)`` best visible records (at least ``limit``
         when it has them); a record's fused score is the sum over spaces of ``1 / (rrf_k + rank)``.
+
+        A fast-tier record (caption not written yet) has no caption rank: it ranks by its CLIP rank only,
+        counted for the caption space too (as if its caption ranked where its image does), so that a
+        picture posted a moment ago is not buried under every complete record just for lacking its
+        second reading. So a complete record at least as good in both spaces always ranks at least as
+        high, a space of only fast-tier records ranks by CLIP, and complete records score as before.
+        Its hit says ``text_rank`` None (no rank is made up).
         """
         if text_vector is None and clip_vector is None:
             raise ValueError("search needs a text vector, a CLIP vector or both")
@@ -579,11 +642,16 @@ class ImageStore:
                 entry["score"] += 1.0 / (rrf_k + rank)
                 entry["ranks"][space] = rank
                 entry["sims"][space] = candidate.similarity
+                entry["pending"] = bool(candidate.meta.get("caption_pending"))
+        if "text" in ranked:  # a fast-tier record's CLIP rank stands in for the caption rank it cannot have
+            for entry in fused.values():
+                if entry["pending"] and "text" not in entry["ranks"] and "clip" in entry["ranks"]:
+                    entry["score"] += 1.0 / (rrf_k + entry["ranks"]["clip"])
         order = sorted(
             fused.items(),
             key=lambda item: (-item[1]["score"], min(item[1]["ranks"].values()), -int(item[0])),
         )[:limit]
-        records = self._records(text, [rid for rid, _ in order])
+        records = self._full_records(text, clip, [rid for rid, _ in order])
         return [
             SearchHit(
                 image=from_metadata(records[rid]),
@@ -621,7 +689,7 @@ class ImageStore:
         ranked = self._ranked(clip, {"clip": (clip, _vector(image_vector))}, Filters(), visibility,
                               depth=max(2 * want, 20), enough=want)
         candidates = [c for c in ranked["clip"] if c.rid != excluded][:limit]
-        records = self._records(text, [c.rid for c in candidates])
+        records = self._full_records(text, clip, [c.rid for c in candidates])
         return [
             SearchHit(image=from_metadata(records[c.rid]), score=c.similarity, text_rank=None, clip_rank=rank,
                       clip_similarity=c.similarity)
@@ -632,9 +700,10 @@ class ImageStore:
     @_reachable
     def get(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
             ) -> dict[int, StoredImage]:
-        """Stored records by attachment id (no visibility check: for the bot's own bookkeeping)."""
-        text, _ = self._pair(guild_id, user_id)
-        records = self._records(text, [record_id(i) for i in attachment_ids])
+        """Stored records by attachment id, fast-tier ones too (no visibility check: for the bot's own
+        bookkeeping)."""
+        text, clip = self._pair(guild_id, user_id)
+        records = self._full_records(text, clip, [record_id(i) for i in attachment_ids])
         return {int(rid): from_metadata(meta) for rid, meta in records.items()}
 
     @_reachable
@@ -690,7 +759,7 @@ class ImageStore:
                 break
             upper = lower
         page = [rid for rid, _ in rows[offset:offset + limit]]
-        records = self._records(text, page)
+        records = self._full_records(text, clip, page)
         return [from_metadata(records[rid]) for rid in page if rid in records and visibility.allows(records[rid])]
 
     @_reachable
@@ -739,16 +808,21 @@ class ImageStore:
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[StoredImage]:
-        """Every record the requester may see that matches the filters, oldest first (/stats, /gallery).
+        """Every record the requester may see that matches the filters, oldest first (/stats, /gallery);
+        fast-tier records (``caption_pending``) included.
 
-        Reads full records page by page from the text collection: O(matching records), meant for
-        on-demand overviews, never for the per-message paths."""
+        Reads full records page by page from the text collection, and the fast-tier ones from the clip
+        collection (one where-scan for the pending flag): O(matching records), meant for on-demand
+        overviews, never for the per-message paths."""
         visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, requester_id)
         if visibility.nothing or not _channel_visible(channel_id, visibility):
             return []
-        text, _ = self._pair(guild_id, requester_id if guild_id is None else None)
-        where = _where(Filters(author_id, channel_id, sentiment, topic, since, until).clauses())
-        rows = {rid: meta for rid, meta, _ in self._scan(text, where, with_vectors=False) if visibility.allows(meta)}
+        text, clip = self._pair(guild_id, requester_id if guild_id is None else None)
+        clauses = Filters(author_id, channel_id, sentiment, topic, since, until).clauses()
+        complete = {rid: meta for rid, meta, _ in self._scan(text, _where(clauses), with_vectors=False)}
+        pending = {rid: meta for rid, meta, _ in self._scan(clip, _where([*clauses, {"caption_pending": True}]),
+                                                             with_vectors=False) if rid not in complete}
+        rows = {rid: meta for rid, meta in (complete | pending).items() if visibility.allows(meta)}
         ordered = sorted(rows.items(), key=lambda row: (int(row[1]["created_ts"]), int(row[0])))
         return [from_metadata(meta) for _, meta in ordered]
 
@@ -756,7 +830,8 @@ class ImageStore:
     def caption_vectors(self, guild_id: int | None, *, user_id: int | None = None
                         ) -> tuple[list[StoredImage], np.ndarray]:
         """Every record of one space with its caption vector, oldest first (no visibility check: for
-        trusted server-wide jobs such as topic clustering, whose output is gated by its callers)."""
+        trusted server-wide jobs such as topic clustering, whose output is gated by its callers).
+        Fast-tier records have no caption vector (no text record), so they are not among them."""
         text, _ = self._pair(guild_id, user_id)
         rows = sorted(self._scan(text, None, with_vectors=True),
                       key=lambda row: (int(row[1]["created_ts"]), int(row[0])))
@@ -853,6 +928,18 @@ class ImageStore:
         """The small filter metadata (:data:`INDEX_KEYS`) of these records, from the clip collection."""
         return self._records(index, sorted(ids))
 
+    def _full_records(self, text: Collection | None, clip: Collection | None, ids: Sequence[str]
+                      ) -> dict[str, Mapping[str, Any]]:
+        """The full records of these ids: the text record, else (a fast-tier record, no caption yet) the
+        clip entry flagged ``caption_pending``, which carries the full record. A clip entry without the
+        flag is only index keys, an orphan of an interrupted delete: never returned."""
+        found = self._records(text, ids)
+        missing = [rid for rid in ids if rid not in found]
+        for rid, meta in self._records(clip, missing).items():
+            if meta.get("caption_pending"):
+                found[rid] = meta
+        return found
+
     def _records(self, text: Collection | None, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
         if text is None or not ids:
             return {}
@@ -889,9 +976,10 @@ class AsyncImageStore:
     async def upsert_many(self, items: Iterable[tuple[ImageRef, ImageAnalysis]]) -> int:
         return await asyncio.to_thread(self.store.upsert_many, list(items))
 
-    async def has(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
-                  ) -> set[int]:
-        return await asyncio.to_thread(self.store.has, guild_id, list(attachment_ids), user_id=user_id)
+    async def has(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None,
+                  captioned: bool = False) -> set[int]:
+        return await asyncio.to_thread(self.store.has, guild_id, list(attachment_ids), user_id=user_id,
+                                       captioned=captioned)
 
     async def delete_message(self, guild_id: int | None, message_id: int, *, user_id: int | None = None) -> int:
         return await asyncio.to_thread(self.store.delete_message, guild_id, message_id, user_id=user_id)

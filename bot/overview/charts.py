@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from bot.analysis import SENTIMENT_LABELS
-from bot.overview.stats import OverviewStats
+from bot.overview.stats import OverviewStats, waiting_for_captions
 
 WIDTH_IN, HEIGHT_IN, DPI = 7.0, 3.6, 100
 SENTIMENT_COLOURS: Final = {"negative": "#d55e00", "neutral": "#999999", "positive": "#0072b2"}
@@ -115,6 +115,8 @@ def timeline_chart(stats: OverviewStats) -> Chart:
     per_bucket = "; ".join(f"{b.label}: " + ", ".join(f"{b.counts[n]} {n}" for n in reversed(SENTIMENT_LABELS))
                            for b in stats.timeline if b.total)
     alt = f"{title}. " + (per_bucket or "No pictures.")
+    if stats.pending:  # counted apart: their only mood so far is the image's own, a different reading
+        alt += f" Not in this chart: {waiting_for_captions(stats.pending)}."
     return Chart("stats-mood.png", title, _png(figure), "vertical", tuple(b.label for b in stats.timeline),
                  series, dict(SENTIMENT_COLOURS), alt[:1000])
 

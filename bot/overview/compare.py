@@ -6,7 +6,9 @@ Every stored image carries two readings of the same question: sentiment from the
 often they agree, per class and overall, with a confusion matrix and Cohen's kappa (agreement beyond
 what the two label distributions would give by chance: 1 = always agree, 0 = chance level, < 0 = worse
 than chance), and keeps examples of disagreement to read. Images where one side is missing (e.g. no
-``labels/sentiment.txt`` when they were analysed) are counted as missing, not as disagreement.
+``labels/sentiment.txt`` when they were analysed) are counted as missing, not as disagreement; so are
+pictures whose caption is not written yet (fast tier): their ``sentiment`` is the image's own mood
+until then, the same reading twice, which would count as agreement.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class CompareReport:
     images: int
     sentiment: Agreement
     topic: Agreement
+    pending: int = 0  # pictures still waiting for their caption (in ``missing``: only one reading)
 
 
 Reading = Callable[[StoredImage], str | None]
@@ -123,10 +126,11 @@ def compare_images(images: Iterable[StoredImage], *, examples: int = 5) -> Compa
     kept = list(images)
     return CompareReport(
         images=len(kept),
-        sentiment=agreement("sentiment", kept, lambda image: image.sentiment, lambda image: image.image_sentiment,
-                            classes=SENTIMENT_LABELS, examples=examples),
-        topic=agreement("topic", kept, lambda image: image.caption_topic, lambda image: image.topic,
-                        examples=examples),
+        sentiment=agreement("sentiment", kept, lambda image: image.caption_sentiment,
+                            lambda image: image.image_sentiment, classes=SENTIMENT_LABELS, examples=examples),
+        topic=agreement("topic", kept, lambda image: None if image.caption_pending else image.caption_topic,
+                        lambda image: image.topic, examples=examples),
+        pending=sum(image.caption_pending for image in kept),
     )
 
 
@@ -175,7 +179,9 @@ def render_agreement(result: Agreement, *, caption_name: str, image_name: str) -
 
 def render_compare(report: CompareReport) -> str:
     """The plain-text report ``python -m bot compare`` prints."""
-    lines = [f"{report.images} stored image(s)", ""]
+    lines = [f"{report.images} stored image(s)"
+             + (f", {report.pending} still waiting for their caption (only one reading each)" if report.pending
+                else ""), ""]
     sections = (
         (report.sentiment, "caption text", "image (CLIP)", lambda image: (image.sentiment, image.image_sentiment)),
         (report.topic, "caption text", "image (CLIP)", lambda image: (image.caption_topic, image.topic)),
@@ -205,4 +211,5 @@ def report_dict(report: CompareReport) -> dict[str, Any]:
                                "jump_url": image.ref.jump_url} for image in result.disagreements],
         }
 
-    return {"images": report.images, "sentiment": one(report.sentiment), "topic": one(report.topic)}
+    return {"images": report.images, "pending": report.pending, "sentiment": one(report.sentiment),
+            "topic": one(report.topic)}

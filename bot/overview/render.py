@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bot.analysis import SENTIMENT_LABELS
 from bot.overview.backfill import BackfillProgress, BackfillReport
-from bot.overview.stats import OverviewStats
+from bot.overview.stats import OverviewStats, waiting_for_captions
 from bot.overview.topics import TopicCluster, TopicModel
 
 MAX_TIMELINE_LINES = 20
@@ -42,11 +42,15 @@ def ranking(rows: Sequence[tuple[str, int]], total: int) -> str:
 def stats_sections(stats: OverviewStats, *, scope: str) -> list[Section]:
     """One section per chart, in chart order; the first also carries the headline numbers."""
     total = stats.total
-    moods = " · ".join(f"{name} {stats.sentiment_totals[name]} ({_share(stats.sentiment_totals[name], total)})"
-                       for name in reversed(SENTIMENT_LABELS))
+    moods = " · ".join(
+        f"{name} {stats.sentiment_totals[name]} ({_share(stats.sentiment_totals[name], stats.captioned)})"
+        for name in reversed(SENTIMENT_LABELS))
     agree, compared = stats.image_sentiment_agreement
     headline = [f"**{total} picture(s)** in {stats.channels} channel(s), {scope}.",
                 f"Mood (from the captions): {moods}."]
+    if stats.pending:
+        headline.append(f"{waiting_for_captions(stats.pending)}: counted in the topics, labels and posters, "
+                        "not in the mood until it is written.")
     if compared:
         headline.append(f"The pictures' own mood (CLIP) agrees with the caption's on {agree} of {compared} "
                         f"({_share(agree, compared)}).")

@@ -3,6 +3,11 @@
 Pure functions over :class:`~bot.memory.records.StoredImage` lists (already filtered to what the
 requester may see), so the same numbers feed the charts and the embed text, and tests can check them
 on hand-made records.
+
+The mood is the caption's sentiment. A picture whose caption is not written yet (the fast tier:
+labels and topic known, the caption seconds to minutes later) only has the image's own mood, a
+different reading, so it is counted apart (:attr:`OverviewStats.pending`) instead of in the mood
+counts; it is in the total, the topics, the labels and the posters like any other.
 """
 
 from __future__ import annotations
@@ -59,6 +64,13 @@ class OverviewStats:
     channels: int
     # How often the caption's sentiment matches the image's own (CLIP) one: (agree, compared).
     image_sentiment_agreement: tuple[int, int]
+    # Pictures still waiting for their caption: in ``total`` (and topics, labels, posters), not in the moods.
+    pending: int = 0
+
+    @property
+    def captioned(self) -> int:
+        """Pictures in the mood counts (their caption is written)."""
+        return self.total - self.pending
 
 
 def period_start(period: str, now: datetime) -> datetime | None:
@@ -119,7 +131,8 @@ def auto_granularity(first: datetime, last: datetime) -> Granularity:
 
 def timeline(images: Sequence[StoredImage], start: datetime, end: datetime, granularity: Granularity
              ) -> tuple[Granularity, tuple[TimeBucket, ...]]:
-    """Sentiment counts per bucket from ``start`` to ``end``, empty buckets included (a gap is information)."""
+    """Caption sentiment counts per bucket from ``start`` to ``end``, empty buckets included (a gap is
+    information); pictures still waiting for their caption are not counted."""
     while True:
         starts = [bucket_start(start, granularity)]
         while next_bucket(starts[-1], granularity) <= end:
@@ -130,8 +143,8 @@ def timeline(images: Sequence[StoredImage], start: datetime, end: datetime, gran
     counts: dict[datetime, Counter[str]] = {s: Counter() for s in starts}
     for image in images:
         key = bucket_start(image.ref.created_at, granularity)
-        if key in counts:
-            counts[key][image.sentiment] += 1
+        if key in counts and image.caption_sentiment is not None:
+            counts[key][image.caption_sentiment] += 1
     buckets = tuple(
         TimeBucket(s, bucket_label(s, granularity), {name: counts[s][name] for name in SENTIMENT_LABELS})
         for s in starts
@@ -149,6 +162,11 @@ def topic_of(image: StoredImage) -> str:
     return image.topic or image.caption_topic or NO_TOPIC
 
 
+def waiting_for_captions(count: int) -> str:
+    """``3 pictures still waiting for their caption`` (words for the text and the chart's alt text)."""
+    return f"{count} picture{'' if count == 1 else 's'} still waiting for {'its' if count == 1 else 'their'} caption"
+
+
 def compute_stats(images: Iterable[StoredImage], *, since: datetime | None, now: datetime,
                   granularity: Granularity | None = None, top: int = TOP_N) -> OverviewStats:
     """Everything /stats shows, from the images the requester may see (already filtered)."""
@@ -157,11 +175,11 @@ def compute_stats(images: Iterable[StoredImage], *, since: datetime | None, now:
     first = since or (min(image.ref.created_at for image in kept) if kept else now)
     granularity = granularity or auto_granularity(first, now)
     granularity, buckets = timeline(kept, first, now, granularity)
-    sentiments = Counter(image.sentiment for image in kept)
+    sentiments = Counter(image.caption_sentiment for image in kept if image.caption_sentiment is not None)
     labels: Counter[str] = Counter()
     for image in kept:
         labels.update(set(image.labels))  # a label counts once per image
-    compared = [image for image in kept if image.image_sentiment]
+    compared = [image for image in kept if image.image_sentiment and image.caption_sentiment is not None]
     return OverviewStats(
         total=len(kept),
         since=since,
@@ -175,4 +193,5 @@ def compute_stats(images: Iterable[StoredImage], *, since: datetime | None, now:
         channels=len({image.ref.channel_id for image in kept}),
         image_sentiment_agreement=(sum(image.image_sentiment == image.sentiment for image in compared),
                                    len(compared)),
+        pending=sum(image.caption_pending for image in kept),
     )

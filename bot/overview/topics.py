@@ -267,9 +267,14 @@ def cluster_captions(
 
     ``label_vectors`` (one row per ``label_names`` entry, same embedder as the captions: the fixed
     topic prompts) adds the nearest fixed topic to each name. ``k`` None chooses it by silhouette.
+    Pictures whose caption is not written yet (fast tier) are left out: they have no caption vector
+    (the store's ``caption_vectors`` never returns them) and no caption words to name a cluster by.
     """
     if len(images) != len(vectors):
         raise ValueError(f"{len(images)} images but {len(vectors)} vectors")
+    captioned = [row for row, image in enumerate(images) if not image.caption_pending]
+    if len(captioned) < len(images):
+        images, vectors = [images[row] for row in captioned], np.asarray(vectors)[captioned]
     now = now or datetime.now(UTC)
     if not images:
         return TopicModel(guild_id, now, 0, 0, "none", None, ())

@@ -1,4 +1,8 @@
-"""Image results as embeds (thumbnail, caption, labels, jump link), paged with buttons."""
+"""Image results as embeds (thumbnail, caption, labels, jump link), paged with buttons.
+
+A picture whose caption is not written yet (fast tier) says so in the title, never a blank caption, and
+still shows its labels, topic and mood; the mood is then the picture's own (CLIP), and says so.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ PAGE_SIZE = 4  # embeds per page: each carries a thumbnail, so keep pages glance
 
 def image_embed(image: StoredImage, *, index: int, total: int, score: str | None = None) -> discord.Embed:
     ref = image.ref
-    embed = discord.Embed(title=(image.caption or "an image")[:256], url=ref.jump_url,
+    embed = discord.Embed(title=image.display_caption[:256], url=ref.jump_url,
                           colour=discord.Colour.blurple(), timestamp=ref.created_at)
     details = [f"by <@{ref.author_id}>"]
     if ref.guild_id is not None:
@@ -25,7 +29,8 @@ def image_embed(image: StoredImage, *, index: int, total: int, score: str | None
     embed.description = " · ".join(details)
     if image.labels:
         embed.add_field(name="Labels", value=", ".join(image.labels)[:1024])
-    embed.add_field(name="Mood", value=image.sentiment)
+    embed.add_field(name="Mood", value=f"{image.sentiment} (from the picture)" if image.caption_pending
+                    else image.sentiment)
     if image.topic:
         embed.add_field(name="Topic", value=image.topic)
     embed.set_thumbnail(url=ref.attachment_url)

@@ -223,9 +223,17 @@ class GatewayHub:
             if transport is not None:
                 transport.abort()
             return
-        if conn.writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.writer, timeout=1.0)
+        if conn.writer is not None and not conn.writer.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(conn.writer), timeout=1.0)
+            except asyncio.CancelledError:
+                # The writer itself was cancelled (its peer, a bot process, was killed): that is not a
+                # cancellation of this close, unless this task is being cancelled too.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except Exception:
+                pass
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.ws.close(code=code, message=b"harness close"), timeout=2.0)
 
