@@ -55,6 +55,18 @@ def setup_logging(*, verbose: bool, service: bool) -> None:
     if service and not verbose:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_below_warning_from_libraries_on_root)
+
+
+# Libraries that log through the root logger itself (open_clip's model-loading chatter), so that no
+# logger name can quiet them: their INFO lines are dropped by path unless -v.
+_ROOT_LOGGING_LIBRARIES = (f"{os.sep}open_clip{os.sep}",)
+
+
+def _below_warning_from_libraries_on_root(record: logging.LogRecord) -> bool:
+    return not (record.name == "root" and record.levelno < logging.WARNING
+                and any(part in record.pathname for part in _ROOT_LOGGING_LIBRARIES))
 
 
 def _quiet_libraries() -> None:

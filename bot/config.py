@@ -151,8 +151,8 @@ class QueueSettings(_Section):
     job_timeout_s: PositiveFloat = 120.0
     decode_workers: Annotated[int, Field(ge=1, le=64)] = 2
     # Batch cap for background work that runs the captioner (full analyses, the caption tier).
-    background_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
-    # Background batches pause between model layers while interactive work waits (else at batch ends).
+    background_batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
+    # Background batches pause between model layers while more urgent work waits (else at batch ends).
     preempt_background: bool = True
 
 

@@ -10,9 +10,10 @@ How it works, and why:
 
 - ``workers`` long-lived processes, started with ``spawn`` (the parent has torch's and the event
   loop's threads; ``fork`` would copy their locks mid-flight). Each imports only Pillow and
-  :mod:`bot.imaging`, limits its own address space to ``decode_memory_mb`` (``RLIMIT_AS``; Linux;
-  elsewhere only the time limit applies), ignores SIGINT (Ctrl-C is the parent's business) and sends
-  its stderr to /dev/null (libtiff prints warnings with library source paths there).
+  :mod:`bot.imaging`, limits its own address space to what it maps after start-up plus
+  ``decode_memory_mb`` (``RLIMIT_AS``; Linux; elsewhere only the time limit applies), ignores SIGINT
+  (Ctrl-C is the parent's business) and sends its stderr to /dev/null (libtiff prints warnings with
+  library source paths there).
 - A call checks out an idle worker, sends the bytes over a pipe, and waits up to
   ``decode_timeout_s``. Past that the worker is killed (SIGKILL), a fresh one is started in its place
   (in the background, so the next caller does not pay the ~0.3 s start-up), and the caller gets
@@ -96,14 +97,30 @@ class SandboxStats:
 
 
 def _limit_memory(memory_bytes: int) -> None:
+    """Address space: what this process already maps, plus ``memory_bytes`` for the decode.
+
+    Relative, not absolute: a spawned child first imports its parent's main module, which may have
+    mapped a lot already (a tool importing torch at the top maps gigabytes of virtual memory), and a
+    limit below that would make every decode fail."""
     try:
         import resource
     except ImportError:  # Windows: no rlimits; the wall-clock limit still holds
         return
     try:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        resource.setrlimit(resource.RLIMIT_AS, (_mapped_bytes() + memory_bytes,) * 2)
     except (ValueError, OSError):  # macOS refuses RLIMIT_AS; a hard limit below the current one
         pass
+
+
+def _mapped_bytes() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _worker_main(conn: Connection, memory_bytes: int) -> None:

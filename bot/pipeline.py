@@ -219,14 +219,18 @@ class Analyzer:
     # ---------------------------------------------------------------- yield points
 
     def set_yield_point(self, hook: Callable[[], None] | None) -> None:
-        """Call ``hook`` before every transformer layer of every role, and between roles.
+        """Call ``hook`` before every transformer layer of every role, and before each role starts.
 
         The inference queue passes its :meth:`~bot.inference.batching.JobBoard.checkpoint`: a
-        background batch then pauses there while interactive work runs on the same models, and goes
-        on where it stopped. A layer is the finest step that is still cheap to check (a few
-        hundredths of a second of compute on a CPU; the check is one attribute read). Layers are the
-        members of the models' ``ModuleList`` containers (BLIP's vision encoder and text decoder, CLIP's
-        two towers, the BERT/RoBERTa text encoders). None removes the hook's effect.
+        background batch takes the model turn at the first call and pauses at later ones while
+        interactive work runs on the same models, then goes on where it stopped. The contract the
+        queue relies on: no model and no tokenizer is touched before the first call of a method
+        (:meth:`prepare` excepted: CPU image processing only, safe beside a running model).
+
+        A layer is the finest step that is still cheap to check (a few hundredths of a second of
+        compute on a CPU; the check is two attribute reads). Layers are the members of the models'
+        ``ModuleList`` containers (BLIP's vision encoder and text decoder, CLIP's two towers, the
+        BERT/RoBERTa text encoders). None removes the hook's effect.
         """
         self._yield_point = hook or _no_yield
         if not self._layer_hooks:
@@ -419,12 +423,15 @@ class Analyzer:
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Caption-space vectors for search queries."""
+        self._yield_point()
         return self.embedder.embed(texts)
 
     def score_sentiment(self, texts: Sequence[str]) -> list[Sentiment]:
         """The sentiment role on free text (stories, /vibe), one result per text."""
+        self._yield_point()
         return self.sentiment.score(texts)
 
     def clip_texts(self, texts: Sequence[str]) -> np.ndarray:
         """CLIP text vectors (text→image search)."""
+        self._yield_point()
         return self.tagger.encode_texts(texts).cpu().numpy().astype(np.float32)

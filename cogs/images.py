@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import discord
 from discord.ext import commands
@@ -27,11 +28,23 @@ SLOW_DOWN_REACTION = "⏳"
 _REACTED_MEMORY = 4096  # messages already given their 👀 (a message with several pictures gets one)
 
 
+@dataclass
+class _WaitingMessage:
+    left: int  # pictures of the message the backlog has not finished with
+    problems: list[str] = field(default_factory=list)
+    counted: set[int] = field(default_factory=set)
+
+
+def _problem_line(filename: str, problem: str | None) -> str:
+    return f"**{discord.utils.escape_markdown(filename)}**: {problem}"
+
+
 class ImageListener(commands.Cog):
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
         self._reacted: OrderedDict[int, None] = OrderedDict()
         self._resumed = False
+        self._waiting: dict[int, _WaitingMessage] = {}  # message id → its pictures still in the backlog
         if bot.services.backlog is not None:
             bot.services.backlog.on_event = self.on_backlog_event
 
@@ -51,6 +64,9 @@ class ImageListener(commands.Cog):
             self.bot.dispatch("images_ingested", message, outcomes)
         else:
             outcomes = await ingestor.accept(images, user_id=message.author.id, channel_id=message.channel.id)
+            queued = sum(o.code == "queued" for o in outcomes)
+            if queued:  # their refusals, if any, are gathered into one reply (on_backlog_event)
+                self._waiting[message.id] = _WaitingMessage(queued)
         await self._react(message, outcomes)
 
     @commands.Cog.listener()
@@ -114,24 +130,35 @@ class ImageListener(commands.Cog):
                 await message.add_reaction(SLOW_DOWN_REACTION)
             refused = [o for o in problems if o.code != "rate_limited"]
             if refused:
-                lines = [f"**{discord.utils.escape_markdown(o.image.filename)}**: {o.problem}" for o in refused]
+                lines = [_problem_line(o.image.filename, o.problem) for o in refused]
                 await message.reply("\n".join(lines), mention_author=False)
         except discord.HTTPException as exc:  # missing permissions, deleted message: nothing to do
             log.info("could not react/reply in channel %s: %s", message.channel.id, exc)
 
     async def on_backlog_event(self, event: BacklogEvent) -> None:
-        """A waiting picture got its first look (👀), or turned out to be a bad file (a polite reply)."""
-        if event.kind not in ("seen", "refused"):
-            return  # dropped / failed / captioned: the logs and metrics say it
+        """A waiting picture got its first look (👀), or turned out to be a bad file: the bad files of one
+        message get one polite reply together, once each of its pictures has been looked at."""
+        if event.kind == "captioned":
+            return
         ref = event.ref
         channel = self.bot.get_partial_messageable(ref.channel_id, guild_id=ref.guild_id)
         message = channel.get_partial_message(ref.message_id)
+        waiting = self._waiting.get(ref.message_id)
+        if waiting is not None and ref.attachment_id not in waiting.counted:  # its first outcome only
+            waiting.counted.add(ref.attachment_id)
+            waiting.left -= 1
+            if event.kind == "refused":
+                waiting.problems.append(_problem_line(event.filename, event.message))
+        problems = [_problem_line(event.filename, event.message)] if waiting is None and event.kind == "refused" \
+            else []
+        if waiting is not None and waiting.left <= 0:
+            del self._waiting[ref.message_id]
+            problems = waiting.problems
         try:
             if event.kind == "seen":
                 await self._seen(message)
-            else:
-                text = f"**{discord.utils.escape_markdown(event.filename)}**: {event.message}"
-                await message.reply(text, mention_author=False)
+            if problems:
+                await message.reply("\n".join(problems), mention_author=False)
         except discord.HTTPException as exc:
             log.info("could not react/reply to message %s: %s", ref.message_id, exc)
 

@@ -105,6 +105,8 @@ class Vibe(commands.Cog):
         first = images[0]
         # The image listener has usually analysed this message already: reuse it, not the GPU.
         known = self.bot.services.ingestor.known(first)
+        if known is not None and known.caption_pending:  # only a first look so far: /vibe judges the caption
+            known = None
         await self._judge(interaction, [Photo(first.filename, first.size, None, first.read, known)], public=False)
 
     async def _judge(self, interaction: discord.Interaction, photos: list[Photo], *, public: bool) -> None:

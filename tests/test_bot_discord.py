@@ -23,14 +23,18 @@ async def wait_reaction(server, message, emoji: str) -> None:
     )
 
 
-async def test_image_post_is_analysed_with_typing_and_a_reaction(imagebot, discord_server, discord_world, photos):
+async def test_image_post_is_remembered_with_a_reaction_and_no_chatter(imagebot, discord_server, discord_world,
+                                                                        photos):
     world = discord_world
     message = await discord_server.post_message(world.general, world.alice, "my cat",
                                                 attachments=[("chelsea.jpg", photos["chelsea"], "image/jpeg")])
-    await discord_server.wait_for_typing(world.general, timeout=10)
-    await wait_reaction(discord_server, message, SEEN_REACTION)
-    assert imagebot.services.cache.get(message.attachments[0].id) is not None
+    await wait_reaction(discord_server, message, SEEN_REACTION)  # after its first look
+    await discord_server.wait_until(lambda: imagebot.services.backlog.idle, timeout=20, what="its caption")
+    analysis = imagebot.services.cache.get(message.attachments[0].id)
+    assert analysis is not None and not analysis.caption_pending and analysis.caption
     await discord_server.ensure_no_message(world.general)  # a good image needs no chatter
+    # Nobody asked anything: no typing indicator for a passive post (only for questions, below).
+    assert not [t for t in discord_server.typing_events if t.channel_id == world.general.id]
 
 
 async def test_mention_sends_every_image_of_the_conversation_to_the_llm(imagebot, discord_server, discord_world,
@@ -175,6 +179,7 @@ async def test_status_is_for_owners_and_exports_prometheus_text(imagebot, discor
     posted = await discord_server.post_message(world.general, world.alice, "",
                                                attachments=[("cat.jpg", photos["chelsea"], "image/jpeg")])
     await wait_reaction(discord_server, posted, SEEN_REACTION)
+    await discord_server.wait_until(lambda: imagebot.services.backlog.idle, timeout=20, what="its caption too")
     discord_server.set_app_owner(world.bob)
     refused = await discord_server.invoke_slash_command(world.general, world.alice, "status")
     response = await discord_server.wait_for_response(refused)

@@ -545,8 +545,8 @@ class TieredFake(FakeAnalyzer):
     """A FakeAnalyzer with the two tiers, a tier-aware ``prepare`` and (optionally) yield points.
 
     Batches whose widths include one in ``hold`` block on ``gate``; with ``preemptible`` they wait
-    the way a real model does, passing the queue's yield point between "layers" (every few ms), so
-    interactive work can run in the middle of them. ``log`` records (tier, widths) per batch, in the
+    the way a real model does, passing the queue's yield point first and then between "layers"
+    (every few ms), so more urgent work can run in the middle of them. ``log`` records (tier, widths) per batch, in the
     order the batches *finished*.
     """
 
@@ -568,6 +568,7 @@ class TieredFake(FakeAnalyzer):
 
     def _run(self, tier: str, widths: list[int]) -> None:
         self.threads_by_tier.setdefault(tier, set()).add(threading.current_thread().name)
+        self.yield_point()  # like the Analyzer: before touching a model (where a lazy batch takes its turn)
         if self.hold_gate is not None and self.hold & set(widths):
             self.entered.set()
             while not self.hold_gate.wait(0.002):
@@ -633,7 +634,7 @@ async def test_interactive_jobs_go_ahead_of_waiting_background_jobs():
         results = await asyncio.gather(running, interactive, *background)
     assert [r.width for r in results] == [1, 50, 10, 11]
     assert fake.log == [("full", [1]), ("full", [50]), ("full", [10, 11])]
-    assert fake.threads_by_tier["full"] == {"imagebot-inference-background", "imagebot-inference-interactive"}
+    assert fake.threads_by_tier["full"] == {"imagebot-inference-captions", "imagebot-inference-interactive"}
 
 
 async def test_interactive_work_runs_while_a_background_batch_pauses_at_a_yield_point():
@@ -656,6 +657,58 @@ async def test_interactive_work_runs_while_a_background_batch_pauses_at_a_yield_
     assert fake.log[-1] == ("caption", [1])  # it finished last, after everything interactive
     assert {tier for tier, _ in fake.log[:-1]} == {"full", "embed", "clip"}
     assert queue.metrics.snapshot()["preemptions"] >= 1
+
+
+async def test_a_first_look_runs_while_a_caption_batch_pauses_and_interactive_work_before_both():
+    """Three ranks: a new picture's fast tier does not wait for a batch of captions either, and
+    interactive work pauses the fast tier in turn."""
+    gate = threading.Event()
+    fake = TieredFake(gate=gate, hold={20}, preemptible=True)
+    async with InferenceQueue(fake, settings(max_wait_ms=0)) as queue:
+        captions = asyncio.create_task(queue.caption(decoded_png(20)))
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        record, _ = await bounded(queue.analyze_fast(png(30)), "the first look")
+        assert record == Tiered("fast", 30) and not captions.done()
+
+        fake.entered.clear()
+        fake.hold = {20, 31}
+        first_look = asyncio.create_task(queue.analyze_fast(png(31)))  # now held too, inside the fast tier
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        assert (await bounded(queue.analyze(png(50)), "the interactive analysis")).width == 50
+        assert not first_look.done() and not captions.done()
+        gate.set()
+        await asyncio.gather(first_look, captions)
+    assert fake.log == [("fast", [30]), ("full", [50]), ("fast", [31]), ("caption", [20])]
+    assert queue.metrics.snapshot()["preemptions"] >= 2
+    assert fake.threads_by_tier == {
+        "caption": {"imagebot-inference-captions"},
+        "fast": {"imagebot-inference-first-look"},
+        "full": {"imagebot-inference-interactive"},
+    }
+
+
+async def test_a_background_batch_held_up_before_it_touches_a_model_blocks_nobody():
+    """A batch takes the model turn at its analyzer's first yield point: one stuck before that (on
+    I/O, on a test's gate) leaves the models to everyone else."""
+    gate = threading.Event()
+
+    class HeldOutside(TieredFake):
+        def caption(self, images: Sequence[DecodedImage]) -> list[Tiered]:
+            self.entered.set()
+            assert gate.wait(GATE_TIMEOUT_S)  # a plain wait, no yield point
+            return super().caption(images)
+
+    fake = HeldOutside(preemptible=True)
+    async with InferenceQueue(fake, settings(max_wait_ms=0)) as queue:
+        held = asyncio.create_task(queue.caption(decoded_png(20)))
+        assert await asyncio.to_thread(fake.entered.wait, GATE_TIMEOUT_S)
+        await bounded(asyncio.gather(queue.embed_texts(["a dog"]), queue.clip_texts(["a dog"])), "/find")
+        assert (await bounded(queue.analyze(png(50)), "a mention")).width == 50
+        assert (await bounded(queue.analyze_fast(png(30)), "a first look"))[0] == Tiered("fast", 30)
+        assert not held.done()
+        gate.set()
+        assert await held == Tiered("caption", 20)
+    assert fake.log[-1] == ("caption", [20])
 
 
 async def test_without_preemption_the_background_batch_finishes_first():
@@ -837,7 +890,7 @@ async def test_a_real_background_batch_paused_inside_blip_gives_the_same_results
     go = threading.Event()
 
     def pause_once(_module, _args) -> None:
-        if threading.current_thread().name == "imagebot-inference-background" and not inside.is_set():
+        if threading.current_thread().name == "imagebot-inference-captions" and not inside.is_set():
             inside.set()
             assert go.wait(GATE_TIMEOUT_S)
 

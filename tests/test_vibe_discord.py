@@ -165,7 +165,9 @@ async def test_vibe_check_context_menu_scores_the_first_image(
 
 
 def _images_analysed(bot) -> int:
-    return bot.services.queue.metrics.snapshot()["jobs_by_kind"].get("image", {}).get("ok", 0)
+    """Pictures fully analysed so far (one full job, or the caption tier after a first look)."""
+    jobs = bot.services.queue.metrics.snapshot()["jobs_by_kind"]
+    return sum(jobs.get(kind, {}).get("ok", 0) for kind in ("image", "caption"))
 
 
 async def test_vibe_check_reuses_the_listeners_analysis(
@@ -177,6 +179,7 @@ async def test_vibe_check_reuses_the_listeners_analysis(
         w.general, w.bob, "", attachments=[("me.jpg", photos["astronaut"], "image/jpeg")]
     )
     await discord_server.wait_until(lambda: discord_server.reactions, what="the image listener's 👀")
+    await discord_server.wait_until(lambda: vibe_bot.services.backlog.idle, timeout=20, what="its caption")
     analysed = _images_analysed(vibe_bot)
     assert analysed >= 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from bot.analysis import PENDING_CAPTION
 from bot.chat.conversation import Turn, build_messages
 from bot.chat.llm import ChatLLM, LLMUnavailable
 from bot.chat.splitting import split_message
@@ -26,8 +27,9 @@ def describe_without_llm(turns: Sequence[Turn], note: str = OFFLINE_NOTE) -> str
     lines = [note, "Here is what I saw:" if len(recent) > 1 else "Here is what I saw in the picture:"]
     for image in recent:
         labels = ", ".join(image.top_labels)
-        lines.append(f"- {image.caption} ({labels}; mood: {image.sentiment.label})" if labels
-                     else f"- {image.caption} (mood: {image.sentiment.label})")
+        caption = PENDING_CAPTION if image.caption_pending else image.caption
+        lines.append(f"- {caption} ({labels}; mood: {image.sentiment.label})" if labels
+                     else f"- {caption} (mood: {image.sentiment.label})")
     return "\n".join(lines)
 
 

@@ -18,14 +18,16 @@ sit through, and refusing at admission is what lets a burst be answered with an 
 once instead of a timeout minutes later. A **background** job (indexing) is never refused for load:
 the ingest backlog upstream bounds how many it submits, and refusing would only make it retry.
 
-Each priority has its own worker thread and lanes (one per :class:`JobKind`); both share the models
-through a *model turn* (:meth:`JobBoard.model_turn`): one batch computes at a time (on a small CPU
-host two at once would only fight over the same cores, and tokenizers must not be entered from two
-threads), interactive batches get the turn first, and a background batch that holds it steps aside
-at its next :meth:`JobBoard.checkpoint` (the analyzer calls it between model layers) while
-interactive work is queued or running, then resumes where it stopped. So an interactive job waits
-for one model layer of background work, not for a whole background batch (measured in
-``bench/results/priority_cpu.md``).
+Three worker threads share the models (:class:`Worker`): one for interactive work, one for
+background work that does not caption (the fast tier: a new picture's first look, cheap CLIP work)
+and one for background work that runs the captioner (the caption tier, full analyses). They take
+turns (:meth:`JobBoard.model_turn`): one batch computes at a time (on a small CPU host two at once
+only split the same cores, and tokenizers must not be entered from two threads), the
+lower-ranked worker goes first, and a batch that holds the turn steps aside at its next
+:meth:`JobBoard.checkpoint` (the analyzer calls it between model layers) while a lower-ranked
+worker has work queued or running, then resumes where it stopped. So a person waits for one model
+layer of background work, not for a whole background batch, and a new picture's first look does
+not wait for a batch of captions either (measured in ``bench/results/priority_cpu.md``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "JobKind",
     "JobState",
     "Priority",
+    "Worker",
     "is_out_of_memory",
     "predict_splitting_on_oom",
 ]
@@ -77,8 +80,24 @@ class Priority(enum.StrEnum):
     BACKGROUND = "background"
 
 
-#: The order the background worker serves its lanes in (FIFO within a lane): cheap text work, then
-#: the fast tier (a picture becomes findable), then full analyses, then the slow caption tier.
+class Worker(enum.IntEnum):
+    """The model worker threads, by rank: a lower rank gets the models first and makes a higher-ranked
+    batch step aside at its next checkpoint."""
+
+    INTERACTIVE = 0  # every interactive job
+    FIRST_LOOK = 1  # background work that does not caption: the fast tier, background text jobs
+    CAPTIONS = 2  # background work that runs the captioner: the caption tier, full analyses
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+#: Kinds that run the captioner: in the background they go to :attr:`Worker.CAPTIONS`, in batches of
+#: at most ``background_batch_size``.
+CAPTIONING_KINDS = frozenset({JobKind.IMAGE, JobKind.CAPTION})
+#: The order a background worker serves its lanes in (FIFO within a lane): cheap text work before
+#: the fast tier; full analyses before the caption tier.
 BACKGROUND_ORDER: dict[JobKind, int] = {
     JobKind.EMBED_TEXT: 0,
     JobKind.CLIP_TEXT: 0,
@@ -87,8 +106,13 @@ BACKGROUND_ORDER: dict[JobKind, int] = {
     JobKind.IMAGE: 2,
     JobKind.CAPTION: 3,
 }
-#: Kinds that run the captioner: background batches of these are capped at ``background_batch_size``.
-CAPTIONING_KINDS = frozenset({JobKind.IMAGE, JobKind.CAPTION})
+
+
+def worker_for(priority: Priority, kind: JobKind) -> Worker:
+    """Which worker thread serves a job."""
+    if priority is Priority.INTERACTIVE:
+        return Worker.INTERACTIVE
+    return Worker.CAPTIONS if kind in CAPTIONING_KINDS else Worker.FIRST_LOOK
 
 
 class JobState(enum.Enum):
@@ -111,6 +135,7 @@ class Job:
     queued_at: float = 0.0
     started_at: float = 0.0
     priority: Priority = Priority.INTERACTIVE
+    worker: Worker = Worker.INTERACTIVE
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
         """Hand the outcome to the caller's future, from any thread.
@@ -161,16 +186,21 @@ class JobBoard:
             (priority, kind): deque() for priority in Priority for kind in JobKind
         }
         self._decoding: set[Job] = set()
-        self._running: dict[Priority, list[Job]] = {priority: [] for priority in Priority}
+        self._running: dict[Worker, list[Job]] = {worker: [] for worker in Worker}
         self._accepting = False
         self._closing = False
-        # The model turn: which thread holds it (and at what priority), and who waits for it.
+        # The model turn: which thread holds it (for which worker), and who waits for it.
         self._turn_holder: int | None = None
-        self._turn_priority: Priority | None = None
-        self._turn_waiting: dict[Priority, int] = dict.fromkeys(Priority, 0)
-        # Interactive jobs queued or running; read without the lock by checkpoint()'s fast path.
-        self._interactive_demand = 0
-        #: Called (outside the lock) each time a background batch steps aside for interactive work.
+        self._turn_worker: Worker | None = None
+        self._turn_waiting: dict[Worker, int] = dict.fromkeys(Worker, 0)
+        # Jobs queued or running per worker, and the sum over the workers ranked before each one.
+        self._demand: dict[Worker, int] = dict.fromkeys(Worker, 0)
+        self._ahead: dict[Worker, int] = dict.fromkeys(Worker, 0)
+        # Whether the turn's holder should step aside: read without the lock by checkpoint().
+        self._yield_wanted = False
+        # Worker threads inside a batch (thread id -> worker), holding the turn or about to take it.
+        self._in_batch: dict[int, Worker] = {}
+        #: Called (outside the lock) each time a batch steps aside for a lower-ranked worker's work.
         self.on_preempt: Callable[[], None] | None = None
 
     # ---------------------------------------------------------------- loop side
@@ -190,7 +220,8 @@ class JobBoard:
                 waiting = self._waiting_locked(Priority.INTERACTIVE)
                 if waiting >= self.max_queued:
                     raise QueueBusy(f"{waiting} jobs already waiting (queue.max_queued = {self.max_queued})")
-            job = Job(kind=kind, future=loop.create_future(), loop=loop, admitted_at=self._clock(), priority=priority)
+            job = Job(kind=kind, future=loop.create_future(), loop=loop, admitted_at=self._clock(), priority=priority,
+                      worker=worker_for(priority, kind))
             self._decoding.add(job)
             return job
 
@@ -290,29 +321,29 @@ class JobBoard:
 
     # ---------------------------------------------------------------- worker side
 
-    def next_batch(self, priority: Priority = Priority.INTERACTIVE) -> list[Job] | None:
-        """Block until a micro-batch of ``priority`` is ready; None once closed and nothing of that
-        priority is left to do.
+    def next_batch(self, worker: Worker = Worker.INTERACTIVE) -> list[Job] | None:
+        """Block until a micro-batch for ``worker`` is ready; None once closed and nothing of its is
+        left to do.
 
-        Interactive: the lane whose head has waited longest goes first (no kind starves). Background:
-        only while no interactive job is queued or running, lanes in :data:`BACKGROUND_ORDER` (the
-        fast tier before the caption tier), FIFO within each. A batch is taken as soon as it is full,
-        or ``max_wait_s`` after its head job was queued, whichever is first — Triton's dynamic
-        batching / Ray Serve's ``@serve.batch``: under load batches fill up instantly (the worker was
-        busy, so jobs piled up), when idle a lone job waits at most ``max_wait_s``.
+        Interactive: the lane whose head has waited longest goes first (no kind starves). Background
+        workers: only while no lower-ranked worker has work queued or running, lanes in
+        :data:`BACKGROUND_ORDER`, FIFO within each. A batch is taken as soon as it is full, or
+        ``max_wait_s`` after its head job was queued, whichever is first — Triton's dynamic batching /
+        Ray Serve's ``@serve.batch``: under load batches fill up instantly (the worker was busy, so
+        jobs piled up), when idle a lone job waits at most ``max_wait_s``.
         """
         with self._cond:
             while True:
-                lane = self._next_lane_locked(priority)
+                lane = self._next_lane_locked(worker)
                 if lane is None:
-                    if self._closing and not any(job.priority is priority for job in self._decoding):
+                    if self._closing and not any(job.worker is worker for job in self._decoding):
                         return None
                     self._cond.wait()
                     continue
-                if priority is Priority.BACKGROUND and self._interactive_demand:
-                    self._cond.wait()  # interactive work first; woken when it is done
+                if self._ahead[worker]:
+                    self._cond.wait()  # lower-ranked work first; woken when it is done
                     continue
-                size = self._batch_size(priority, lane[0].kind)
+                size = self._batch_size(worker)
                 deadline = lane[0].queued_at + self.max_wait_s
                 while lane and len(lane) < size and not self._closing:
                     remaining = deadline - self._clock()
@@ -326,7 +357,7 @@ class JobBoard:
                 for job in batch:
                     job.state = JobState.RUNNING
                     job.started_at = now
-                self._running[priority].extend(batch)
+                self._running[worker].extend(batch)
                 self._changed_locked()
                 return batch
 
@@ -336,15 +367,15 @@ class JobBoard:
             for job in jobs:
                 job.state = JobState.DONE
                 job.payload = None
-                running = self._running[job.priority]
+                running = self._running[job.worker]
                 if job in running:
                     running.remove(job)
             self._changed_locked()
 
-    def take_running(self, priority: Priority = Priority.INTERACTIVE) -> list[Job]:
+    def take_running(self, worker: Worker = Worker.INTERACTIVE) -> list[Job]:
         """The jobs of a batch whose worker died, so they can be failed (never silently lost)."""
         with self._cond:
-            jobs, self._running[priority] = self._running[priority], []
+            jobs, self._running[worker] = self._running[worker], []
             for job in jobs:
                 job.state = JobState.DONE
                 job.payload = None
@@ -354,85 +385,104 @@ class JobBoard:
     # ---------------------------------------------------------------- the model turn
 
     @contextmanager
-    def model_turn(self, priority: Priority) -> Iterator[None]:
-        """Hold the models for one batch: one holder at a time, interactive first.
+    def model_turn(self, worker: Worker, *, lazy: bool = False) -> Iterator[None]:
+        """Hold the models for one batch: one holder at a time, the lowest rank first.
 
-        A background batch only starts while no interactive job is waiting for the turn, queued or
-        running; once it holds the turn it keeps it until it ends or steps aside in
-        :meth:`checkpoint`.
+        A worker only takes the turn while no lower-ranked worker waits for it or has work queued or
+        running; once it holds the turn it keeps it until its batch ends or it steps aside in
+        :meth:`checkpoint`. ``lazy``: the turn is taken at the batch's first :meth:`checkpoint`
+        instead of now — for an analyzer that calls its yield point before it touches any model or
+        tokenizer, so a batch held up outside the models (waiting on I/O, or on a test's gate) blocks
+        nobody.
         """
         me = threading.get_ident()
         with self._cond:
-            self._take_turn_locked(me, priority)
+            self._in_batch[me] = worker
+            if not lazy:
+                self._take_turn_locked(me, worker)
         try:
             yield
         finally:
             with self._cond:
+                self._in_batch.pop(me, None)
                 if self._turn_holder == me:
-                    self._turn_holder = self._turn_priority = None
-                    self._cond.notify_all()
+                    self._turn_holder = self._turn_worker = None
+                    self._changed_locked()
 
     def checkpoint(self) -> None:
-        """A safe point between model layers: a background holder steps aside for interactive work.
+        """A safe point before and between model layers: the batch running there may use the models now.
 
-        Called by the analyzer from whatever thread is running a model. It returns at once (one
-        unlocked read) unless interactive jobs are queued or running and the caller is a background
-        batch holding the turn; then it gives the turn up, waits until no interactive job is left,
-        takes the turn back and returns, and the batch carries on where it stopped (nothing is
-        recomputed). Any other caller (an interactive batch, a thread without the turn) passes.
+        Called by the analyzer from whatever thread is about to run a model. For the thread that
+        holds the turn it returns at once (two unlocked reads) unless a lower-ranked worker has work
+        queued or running; then it gives the turn up, waits until that work is done, takes the turn
+        back and returns, and the batch carries on where it stopped (nothing is recomputed). A worker
+        thread in a lazy batch takes the turn here, waiting for it as :meth:`model_turn` would. Any
+        other thread passes.
         """
-        if not self._interactive_demand:
-            return
         me = threading.get_ident()
+        if self._turn_holder == me and not self._yield_wanted:
+            return
+        stepped_aside = False
         with self._cond:
-            if self._turn_holder != me or self._turn_priority is not Priority.BACKGROUND:
+            worker = self._in_batch.get(me)
+            if worker is None:  # not a worker thread inside a batch
                 return
-            if not self._interactive_demand:
-                return
-            self._turn_holder = self._turn_priority = None
-            self._cond.notify_all()
-            self._take_turn_locked(me, Priority.BACKGROUND)
-        if self.on_preempt is not None:
+            if self._turn_holder == me:
+                if not self._ahead[worker]:
+                    return
+                self._turn_holder = self._turn_worker = None
+                self._changed_locked()
+                stepped_aside = True
+            self._take_turn_locked(me, worker)
+        if stepped_aside and self.on_preempt is not None:
             self.on_preempt()
 
-    def _take_turn_locked(self, me: int, priority: Priority) -> None:
-        self._turn_waiting[priority] += 1
+    def _take_turn_locked(self, me: int, worker: Worker) -> None:
+        self._turn_waiting[worker] += 1
         try:
-            while not self._may_take_turn_locked(priority):
+            while not self._may_take_turn_locked(worker):
                 self._cond.wait()
         finally:
-            self._turn_waiting[priority] -= 1
-        self._turn_holder, self._turn_priority = me, priority
+            self._turn_waiting[worker] -= 1
+        self._turn_holder, self._turn_worker = me, worker
+        self._changed_locked()
 
-    def _may_take_turn_locked(self, priority: Priority) -> bool:
+    def _may_take_turn_locked(self, worker: Worker) -> bool:
         if self._turn_holder is not None:
             return False
-        if priority is Priority.INTERACTIVE:
-            return True
-        return not self._turn_waiting[Priority.INTERACTIVE] and not self._interactive_demand
+        return not self._ahead[worker] and not any(self._turn_waiting[w] for w in Worker if w < worker)
 
     # ---------------------------------------------------------------- internals
 
     def _changed_locked(self) -> None:
-        self._interactive_demand = len(self._running[Priority.INTERACTIVE]) + sum(
-            len(self._lanes[Priority.INTERACTIVE, kind]) for kind in JobKind
-        )
+        for worker in Worker:
+            self._demand[worker] = len(self._running[worker])
+        for job_lane_key, lane in self._lanes.items():
+            if lane:
+                self._demand[worker_for(*job_lane_key)] += len(lane)
+        ahead = 0
+        for worker in Worker:
+            self._ahead[worker] = ahead
+            ahead += self._demand[worker]
+        self._yield_wanted = self._turn_worker is not None and bool(self._ahead[self._turn_worker])
         self._cond.notify_all()
 
     def _waiting_locked(self, priority: Priority) -> int:
         decoding = sum(1 for job in self._decoding if job.priority is priority)
         return decoding + sum(len(self._lanes[priority, kind]) for kind in JobKind)
 
-    def _batch_size(self, priority: Priority, kind: JobKind) -> int:
-        if priority is Priority.BACKGROUND and kind in CAPTIONING_KINDS:
-            return self.background_batch_size
-        return self.max_batch_size
+    def _batch_size(self, worker: Worker) -> int:
+        return self.background_batch_size if worker is Worker.CAPTIONS else self.max_batch_size
 
-    def _next_lane_locked(self, priority: Priority) -> deque[Job] | None:
-        lanes = [(kind, self._lanes[priority, kind]) for kind in JobKind if self._lanes[priority, kind]]
+    def _next_lane_locked(self, worker: Worker) -> deque[Job] | None:
+        lanes = [
+            (kind, lane)
+            for (priority, kind), lane in self._lanes.items()
+            if lane and worker_for(priority, kind) is worker
+        ]
         if not lanes:
             return None
-        if priority is Priority.INTERACTIVE:
+        if worker is Worker.INTERACTIVE:
             return min(lanes, key=lambda item: item[1][0].queued_at)[1]
         return min(lanes, key=lambda item: (BACKGROUND_ORDER[item[0]], item[1][0].queued_at))[1]
 

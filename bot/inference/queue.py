@@ -12,17 +12,19 @@ Stages, in the order a job meets them (the vocabulary of Triton's dynamic batche
    that makes the codec spin or balloon is killed at ``images.decode_timeout_s`` /
    ``decode_memory_mb``), then :meth:`Analyzer.prepare` (the models' own resize/normalise) in the
    thread. This CPU work overlaps the model compute of the batch before.
-3. **batch** — each priority has a worker thread; it takes up to ``max_batch_size`` jobs of one kind
-   (background batches that run the captioner: ``background_batch_size``), waiting at most
-   ``max_wait_ms`` after the first one (:meth:`JobBoard.next_batch`). The background worker only
-   starts a batch while no interactive job is queued or running, and serves the fast tier before
-   the caption tier.
+3. **batch** — three worker threads (:class:`~bot.inference.batching.Worker`): interactive work;
+   background work that does not caption (the fast tier); background work that runs the captioner
+   (the caption tier, full analyses). Each takes up to ``max_batch_size`` jobs of one kind (the
+   captioning worker: ``background_batch_size``), waiting at most ``max_wait_ms`` after the first
+   one (:meth:`JobBoard.next_batch`). A background worker only starts a batch while no
+   lower-ranked worker has work queued or running.
 4. **predict** — each model role runs once for the whole batch, on a worker thread holding the
    *model turn* (:meth:`JobBoard.model_turn`): model work never runs on the event loop, and one
-   batch computes at a time. A background batch pauses between model layers while interactive work
-   is waiting or running (``queue.preempt_background``) and resumes where it stopped, so a person
-   waits for one layer of background work, not a whole batch. Out of memory → the batch is split
-   in halves and retried, down to single jobs.
+   batch computes at a time. A batch pauses between model layers while a lower-ranked worker has
+   work waiting or running (``queue.preempt_background``) and resumes where it stopped: a person
+   waits for one layer of background work, not a whole batch, and a new picture's first look for
+   one layer of captioning. Out of memory → the batch is split in halves and retried, down to
+   single jobs.
 5. **respond** — each caller's future is resolved on its own loop via ``call_soon_threadsafe``.
 
 Analysis comes whole (:meth:`InferenceQueue.analyze`) or in two tiers for a host where the
@@ -30,16 +32,21 @@ captioner is most of the cost: :meth:`InferenceQueue.analyze_fast` (CLIP only: l
 image mood, image vector) and later :meth:`InferenceQueue.caption` (BLIP and the caption's text
 roles) on the :class:`~bot.imaging.DecodedImage` the fast tier handed back.
 
-Why a preemptible model turn rather than two workers computing side by side with a lock per model
-role: measured on a 2-core CPU with real-size models (``bench/results/priority_cpu.md``), two
-batches computing at once only split the same two cores (and hand a ``/find`` query the CPU left
-over by BLIP), while a turn that background work gives up between layers hands the whole CPU to the
-interactive job within one layer. It also means no tokenizer is ever entered from two threads at
-once (fast tokenizers fail with "Already borrowed").
+Why a preemptible model turn, measured on a 2-core CPU with real-size models while captions kept
+the background busy (``bench/results/priority_cpu.md``): when interactive work only overtook
+background work at batch boundaries, a ``/find`` query waited for the rest of a background caption
+batch (p95 11.4 s with batches of 8, 3.7 s with 2) and so did a mention's analysis (p95 9.8 s /
+6.8 s); with batches pausing between layers, ``/find`` p95 was 0.4 s and the analysis p95 2.6 s
+(idle: 0.13 s / 2.3 s), and a new picture's first look p50 0.8 s (3.2 s when it waited for caption
+batches to end). Two workers computing side by side with a lock per model role would serve the text
+jobs as well (``/find`` p95 0.16 s next to a running BLIP: the two share the cores), but an
+interactive caption would still wait for BLIP's lock, i.e. for a background batch. One batch at a
+time also means no tokenizer is entered from two threads at once (fast tokenizers fail with
+"Already borrowed").
 
 Failure handling: a cancelled or timed-out caller releases its slot and its job never runs if it
 had not started; an unexpected exception in a worker fails the jobs of the batch it was running
-with :class:`WorkerCrashed` and a new worker thread of the same priority takes over its lanes; a bad
+with :class:`WorkerCrashed` and a new thread for the same worker takes over its lanes; a bad
 file fails only its own caller with the decoder's :class:`~bot.imaging.ImageRejected`.
 """
 
@@ -66,6 +73,7 @@ from bot.inference.batching import (
     JobBoard,
     JobKind,
     Priority,
+    Worker,
     is_out_of_memory,
     predict_splitting_on_oom,
 )
@@ -91,12 +99,13 @@ class AnalyzerLike(Protocol):
     - ``analyze_fast(items)`` and ``caption(items)``, the two tiers (without them the queue answers
       both with the full ``analyze``: complete records, and the caption part of one);
     - ``last_timings`` (per-role seconds of the last call on the calling thread, for metrics);
-    - ``set_yield_point(hook)``: the analyzer calls ``hook()`` between model layers, which is where
-      a background batch pauses for interactive work (without it, background batches are only
-      overtaken at their end).
+    - ``set_yield_point(hook)``: the analyzer calls ``hook()`` before it touches any model or
+      tokenizer and between model layers; that is where a background batch takes the model turn and
+      where it pauses for more urgent work (without it, background batches hold the turn from start
+      to end and are only overtaken at their end).
 
-    The methods are called from two worker threads, never at the same time (the model turn), but a
-    background call may be paused inside ``hook()`` while an interactive call runs.
+    The methods are called from three worker threads, never at the same time (the model turn), but a
+    call may be paused inside ``hook()`` while a more urgent one runs.
     """
 
     def analyze(self, images: Sequence[Any]) -> list[ImageAnalysis]: ...
@@ -203,14 +212,15 @@ class InferenceQueue:
         self.metrics.set_lanes(self._board.lanes)
         self._board.on_preempt = self.metrics.preempted
         self._decode_pool: _DecodePool | None = None
-        self._threads: dict[Priority, threading.Thread] = {}
+        self._threads: dict[Worker, threading.Thread] = {}
         self._thread_lock = threading.Lock()
         self._live_workers = 0
         self._stopped = threading.Event()
         self._stopped.set()
         self._loaded = threading.Event()  # the analyzer is there (or failed to load: then it is None)
         self._ready: asyncio.Future[None] | None = None
-        self._consecutive_crashes: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._consecutive_crashes: dict[Worker, int] = dict.fromkeys(Worker, 0)
+        self._yields = False  # the analyzer calls our checkpoint before and between model layers
         self._state = "new"  # new -> starting -> running -> closing -> closed
 
     @classmethod
@@ -237,8 +247,8 @@ class InferenceQueue:
         self._ready = loop.create_future()
         self._decode_pool = _DecodePool(self.settings.decode_workers)
         self._board.open()
-        for priority in Priority:
-            self._spawn_worker(loop, priority)
+        for worker in Worker:
+            self._spawn_worker(loop, worker)
         try:
             await asyncio.shield(self._ready)
         except Exception:  # the models failed to load: the worker has already closed the board
@@ -468,14 +478,14 @@ class InferenceQueue:
 
     # ------------------------------------------------------------------ worker side
 
-    def _spawn_worker(self, loop: asyncio.AbstractEventLoop, priority: Priority) -> None:
+    def _spawn_worker(self, loop: asyncio.AbstractEventLoop, worker: Worker) -> None:
         with self._thread_lock:
             self._live_workers += 1
             self._stopped.clear()
             thread = threading.Thread(
-                target=self._worker_main, args=(loop, priority), name=f"imagebot-inference-{priority}", daemon=True
+                target=self._worker_main, args=(loop, worker), name=f"imagebot-inference-{worker.label}", daemon=True
             )
-            self._threads[priority] = thread
+            self._threads[worker] = thread
             thread.start()
 
     def _worker_exited(self) -> None:
@@ -517,42 +527,43 @@ class InferenceQueue:
             set_yield_point = getattr(self._analyzer, "set_yield_point", None)
             if self.settings.preempt_background and callable(set_yield_point):
                 set_yield_point(self._board.checkpoint)
+                self._yields = True
             self._loaded.set()
         self._signal_ready(loop, None)
         return True
 
-    def _worker_main(self, loop: asyncio.AbstractEventLoop, priority: Priority) -> None:
-        """A model thread: (load,) then batch → predict → respond for its priority until closed and drained."""
-        crashes = self._consecutive_crashes[priority]
+    def _worker_main(self, loop: asyncio.AbstractEventLoop, worker: Worker) -> None:
+        """A model thread: (load,) then batch → predict → respond for its lanes until closed and drained."""
+        crashes = self._consecutive_crashes[worker]
         if crashes:
             time.sleep(min(0.05 * 2 ** (crashes - 1), _MAX_RESTART_BACKOFF_S))
         try:
-            if priority is Priority.INTERACTIVE:
+            if worker is Worker.INTERACTIVE:
                 if not self._load(loop):
                     return
             else:
                 self._loaded.wait()
                 if self._analyzer is None:  # loading failed; the interactive worker reported it
                     return
-            while (batch := self._board.next_batch(priority)) is not None:
-                self._run_batch(batch, priority)
-                self._consecutive_crashes[priority] = 0
+            while (batch := self._board.next_batch(worker)) is not None:
+                self._run_batch(batch, worker)
+                self._consecutive_crashes[worker] = 0
         except BaseException as exc:
-            self._on_crash(loop, priority, exc)
+            self._on_crash(loop, worker, exc)
         finally:
             self._worker_exited()
 
-    def _on_crash(self, loop: asyncio.AbstractEventLoop, priority: Priority, exc: BaseException) -> None:
+    def _on_crash(self, loop: asyncio.AbstractEventLoop, worker: Worker, exc: BaseException) -> None:
         """Fail the batch that was running, count it, and hand the lanes to a fresh worker thread."""
-        jobs = self._board.take_running(priority)
-        log.error("inference worker (%s) crashed with %d job(s) in flight; restarting", priority, len(jobs),
+        jobs = self._board.take_running(worker)
+        log.error("inference worker %s crashed with %d job(s) in flight; restarting", worker.label, len(jobs),
                   exc_info=exc)
         self._fail(jobs, WorkerCrashed(f"the model worker crashed ({type(exc).__name__}: {exc}); it was restarted"))
-        self._consecutive_crashes[priority] += 1
+        self._consecutive_crashes[worker] += 1
         self.metrics.worker_restarted()
-        self._spawn_worker(loop, priority)  # also when closing: it drains what is left, then stops
+        self._spawn_worker(loop, worker)  # also when closing: it drains what is left, then stops
 
-    def _run_batch(self, batch: list[Job], priority: Priority) -> None:
+    def _run_batch(self, batch: list[Job], worker: Worker) -> None:
         kind = batch[0].kind
         for job in batch:
             self.metrics.observe_stage("queue_wait", job.started_at - job.queued_at)
@@ -566,7 +577,9 @@ class InferenceQueue:
         else:
             predict = partial(self._predict_texts, kind)
         waited = time.perf_counter()
-        with self._board.model_turn(priority):
+        # Background batches on an analyzer with yield points take the turn at the first one (just
+        # before a model runs), so one held up outside the models blocks nobody.
+        with self._board.model_turn(worker, lazy=self._yields and worker is not Worker.INTERACTIVE):
             started = time.perf_counter()
             self.metrics.observe_stage("turn_wait", started - waited)
             outcomes = predict_splitting_on_oom(

@@ -209,6 +209,7 @@ class IngestBacklog:
             if attachment_id in self._items and attachment_id not in self._busy:
                 await self._finish(attachment_id, done=True)
                 await self._emit("seen", image.ref, image.filename)
+                await self._emit("captioned", image.ref, image.filename)
 
     # ------------------------------------------------------------------ metrics
 

@@ -290,6 +290,7 @@ def cluster_captions(
     words = distinctive_words([[images[i].caption for i in rows] for rows in groups])
     label_matrix = None if label_vectors is None or not len(label_names) else _normalise(np.asarray(label_vectors))
     clusters = []
+    used_names: set[str] = set()
     for cluster_id, (rows, top) in enumerate(zip(groups, words, strict=True)):
         label = similarity = None
         if label_matrix is not None:
@@ -300,6 +301,9 @@ def cluster_captions(
             label, similarity = str(label_names[best]), round(float(sims[best]), 4)
         members = [images[i] for i in rows]
         name = ", ".join(top) or label or f"topic {cluster_id + 1}"
+        if name in used_names:  # two groups with the same distinctive words: keep names telling them apart
+            name = f"{name} ({cluster_id + 1})"
+        used_names.add(name)
         clusters.append(TopicCluster(
             id=cluster_id, name=name, words=top, label=label, label_similarity=similarity, size=len(rows),
             members=tuple(image.attachment_id for image in members),
