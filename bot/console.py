@@ -8,6 +8,7 @@ goes to the LLM with their ``[Image Attached: ...]`` lines. ``/quit`` (or Ctrl-D
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import sys
 from collections.abc import Callable
@@ -87,7 +88,14 @@ async def run_console(settings: Settings, *, stdin: TextIO = sys.stdin, out: Tex
     console = Console(services, out=out)
     console.say(BANNER.format(model=settings.llm.model, url=settings.llm.base_url))
     console.say("loading models...")
-    await services.start()
+    try:
+        await services.start()
+    except Exception as exc:  # a model folder that fails to load, ...: one line, like `run` (bot/cli.py)
+        with contextlib.suppress(Exception):
+            await services.close()
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(f"error: the console could not start: {detail}", file=sys.stderr)
+        return 1
     try:
         while True:
             if stdin.isatty():
