@@ -114,6 +114,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             mention_s: list[float] = []
 
             async def probes() -> None:
+                if args.probe_every_s <= 0:  # the burst alone: no interactive work competing with it
+                    return
                 await asyncio.sleep(args.probe_every_s / 2)
                 index = 0
                 while len(captioned_at) < len(burst_ids) + 1 or len(burst_ids) < args.rate * args.seconds:
@@ -190,9 +192,10 @@ def report(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
         "A burst of posted pictures on a small CPU host (Discord peer, real-size stand-ins)", info,
         [f"- produced by `python -m bench.bench_burst` in {minutes:.1f} min",
          f"- burst: {args.rate} image messages/s for {args.seconds} s from 10 posters in 3 channels (bench photos, "
-         "~512 px JPEG); interactive probes every "
-         f"{args.probe_every_s:g} s while the backlog drains: a `/find` (deferred → results) and a mention with "
-         "a fresh picture (post → the bot's reply; the LLM peer answers at once, so this is the analysis part)",
+         "~512 px JPEG); " + (f"interactive probes every {args.probe_every_s:g} s while the backlog drains: a "
+                              "`/find` (deferred → results) and a mention with a fresh picture (post → the bot's "
+                              "reply; the LLM peer answers at once, so this is the analysis part)"
+                              if args.probe_every_s > 0 else "no interactive probes (the burst alone)"),
          f"- settings: queue max_batch_size {queue.max_batch_size}, background_batch_size "
          f"{queue.background_batch_size}, max_wait_ms {queue.max_wait_ms:g}, preempt_background "
          f"{queue.preempt_background}; ingest fast_in_flight {ingest.fast_in_flight}, caption_in_flight "
@@ -211,10 +214,10 @@ def report(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
         f"{fmt_s(max(tc))} | — |",
         f"| all findable / all captioned after the burst began | {fmt_s(results['all_findable_s'])} / "
         f"{fmt_s(results['all_captioned_s'])} | — |",
-        f"| `/find` during the backlog, p50 / p95 ({len(fs)} probes) | {fmt_s(median(fs))} / "
-        f"{fmt_s(percentile(fs, 0.95))} | p95 ≤ 1 s |",
-        f"| mention with a fresh picture during the backlog, p50 / p95 ({len(ms)} probes) | {fmt_s(median(ms))} / "
-        f"{fmt_s(percentile(ms, 0.95))} | p95 ≤ 3 s |",
+        *([f"| `/find` during the backlog, p50 / p95 ({len(fs)} probes) | {fmt_s(median(fs))} / "
+           f"{fmt_s(percentile(fs, 0.95))} | p95 ≤ 1 s |",
+           f"| mention with a fresh picture during the backlog, p50 / p95 ({len(ms)} probes) | {fmt_s(median(ms))} / "
+           f"{fmt_s(percentile(ms, 0.95))} | p95 ≤ 3 s |"] if fs else []),
         f"| RSS of the process (bot + Discord peer + bench) now / peak | {results['rss'][0]:.2f} / "
         f"{results['rss'][1]:.2f} GiB | — |",
         "",
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=50, help="image messages per second")
     parser.add_argument("--seconds", type=int, default=3)
-    parser.add_argument("--probe-every-s", type=float, default=3.0)
+    parser.add_argument("--probe-every-s", type=float, default=3.0, help="0: no interactive probes")
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--out", default=str(RESULTS / "burst_cpu.md"))
