@@ -255,6 +255,16 @@ async def test_score_has_every_part_and_is_deterministic(analyzer, tiny_settings
     assert request.messages[1]["content"] == f"Photo description: {first.caption}"
 
 
+async def test_a_chat_model_that_is_not_pulled_is_named_in_the_story_note(analyzer, tiny_settings, photos) -> None:
+    async with FakeOllamaServer(reply=lambda messages: STORY, pulled=False) as server:
+        result = await make_scorer(analyzer, tiny_settings, llm=story_llm(tiny_settings, server)).score(
+            photos["astronaut"])
+    story = result.part("story")
+    assert story.value is None and result.story is None
+    text = render_result(result)
+    assert f"`ollama pull {server.model}`" in text and "offline" not in text and "re-weighted" in text
+
+
 async def test_llm_down_skips_the_story_and_says_so(analyzer, tiny_settings, photos) -> None:
     calls = Calls()
     result = await make_scorer(analyzer, tiny_settings, calls, llm=story_llm(tiny_settings, None)).score(

@@ -24,7 +24,7 @@ import numpy as np
 from langchain_core.messages import BaseMessage
 
 from bot.analysis import ImageAnalysis, Sentiment
-from bot.chat.llm import LLMUnavailable
+from bot.chat.llm import LLMModelMissing, LLMUnavailable
 from bot.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from bot.vibe.profile import PART_KEYS, VibeProfile
 from bot.vibe.quality import QUALITY_SIZE, QualityReport, measure_quality
@@ -306,6 +306,10 @@ class VibeScorer:
             return None, _part("story", None, weight, LLM_NOT_CONFIGURED)
         try:
             story = await self.llm.reply(story_messages(caption))
+        except LLMModelMissing as exc:  # say which model to pull, not "offline"
+            log.warning("vibe story skipped: %s", exc.user_message)
+            return None, _part("story", None, weight, f"skipped: the chat model `{exc.model}` is not installed on "
+                                                      f"the Ollama server (`ollama pull {exc.model}`)")
         except LLMUnavailable as exc:
             log.warning("vibe story skipped, LLM unavailable: %s", exc)
             return None, _part("story", None, weight, LLM_OFFLINE)
