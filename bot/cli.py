@@ -29,6 +29,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.errors import UserFacingError
@@ -402,9 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="config file (default: $IMAGEBOT_CONFIG, else ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The global options are accepted after the subcommand too (`python -m bot run --config x.toml`);
+    # SUPPRESS: given only there, they do not reset what was given before the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $IMAGEBOT_CONFIG, "
+                        "else ./config.toml)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress to stderr")
 
-    commands.add_parser("run", help="start the Discord bot (token from $DISCORD_TOKEN)").set_defaults(handler=cmd_run)
-    commands.add_parser("console", help="chat with the bot in this terminal, no Discord needed").set_defaults(
+    def add(group: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return group.add_parser(name, parents=[common], **kwargs)
+
+    add(commands, "run", help="start the Discord bot (token from $DISCORD_TOKEN)").set_defaults(handler=cmd_run)
+    add(commands, "console", help="chat with the bot in this terminal, no Discord needed").set_defaults(
         handler=cmd_console
     )
 
@@ -415,34 +426,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_ray.add_argument("ray_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     serve_ray.set_defaults(handler=cmd_serve_ray)
-    commands.add_parser("healthcheck", help="exit 0 if the running bot's heartbeat is fresh").set_defaults(
+    add(commands, "healthcheck", help="exit 0 if the running bot's heartbeat is fresh").set_defaults(
         handler=cmd_healthcheck
     )
 
-    describe = commands.add_parser("describe", help="print what the bot sees in images")
+    describe = add(commands, "describe", help="print what the bot sees in images")
     describe.add_argument("images", nargs="+", metavar="IMAGE")
     describe.add_argument("--json", action="store_true", help="full analysis records as JSON")
     describe.set_defaults(handler=cmd_describe)
 
-    models = commands.add_parser("models", help="check, download or fake the models")
+    models = add(commands, "models", help="check, download or fake the models")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    model_commands.add_parser("check", help="which configured models are present locally").set_defaults(
+    add(model_commands, "check", help="which configured models are present locally").set_defaults(
         handler=cmd_models_check
     )
-    model_commands.add_parser("download", help="download missing models (needs internet)").set_defaults(
+    add(model_commands, "download", help="download missing models (needs internet)").set_defaults(
         handler=cmd_models_download
     )
-    tiny = model_commands.add_parser("tiny", help="write tiny random-weight stand-in models + config")
+    tiny = add(model_commands, "tiny", help="write tiny random-weight stand-in models + config")
     tiny.add_argument("directory", metavar="DIR")
     tiny.set_defaults(handler=cmd_models_tiny)
 
-    compare = commands.add_parser("compare", help="does looking at the image change the answer? (agreement report)")
+    compare = add(commands, "compare", help="does looking at the image change the answer? (agreement report)")
     compare.add_argument("--guild", type=int, help="one guild id (default: every guild)")
     compare.add_argument("--examples", type=int, default=5, help="disagreements to show per question (default 5)")
     compare.add_argument("--json", action="store_true", help="the report as JSON")
     compare.set_defaults(handler=cmd_compare)
 
-    topics = commands.add_parser("topics", help="discover topics by clustering a guild's captions")
+    topics = add(commands, "topics", help="discover topics by clustering a guild's captions")
     topics.add_argument("--guild", type=int, required=True, help="the guild id")
     topics.add_argument("--k", type=int, help="number of topics (default: chosen by silhouette score)")
     topics.add_argument("--no-labels", action="store_true",

@@ -398,3 +398,13 @@ def test_printable_path_escapes_what_a_terminal_would_act_on():
     assert printable_path("right-to-left\u202egnp.exe") == "right-to-left\\u202egnp.exe"
     assert printable_path(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
     assert printable_path("café 🐧.png") == "café 🐧.png"
+
+
+def test_global_options_are_accepted_after_the_subcommand(tmp_path, capsys):
+    from bot.cli import main
+
+    missing = tmp_path / "nowhere.toml"
+    for argv in (["--config", str(missing), "models", "check"], ["models", "check", "--config", str(missing)],
+                 ["models", "check", "-v", "--config", str(missing)]):
+        assert main(argv) == 2
+        assert f"config file not found: {missing}" in capsys.readouterr().err
