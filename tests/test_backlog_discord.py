@@ -9,6 +9,7 @@ tests/test_inference_queue.py; a caption held here waits before touching a model
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -149,3 +150,23 @@ async def test_a_delete_wins_over_a_caption_that_lands_later(held_bot, held, dis
                                     what="the caption tier to land")
     assert stored(held_bot, world.guild.id) == {}
     assert backlog.gauges()["backlog_done_total"] == 0
+
+
+@pytest.mark.imagebot_settings(ingest={"max_backlog": 2, "fast_in_flight": 1})
+async def test_past_its_bound_the_backlog_drops_the_oldest_waiting_pictures_and_counts_them(
+        held_bot, held, discord_server, discord_world, photos):
+    world, server = discord_world, discord_server
+    held.release.set()
+    backlog = held_bot.services.backlog
+    server.cdn_hold = asyncio.Event()  # every download waits: the pictures pile up in the backlog
+    first = await post(server, world.general, world.alice, "p1.jpg", photos["astronaut"])
+    await server.wait_until(lambda: server.cdn_waiting == 1, what="the first picture being downloaded")
+    later = [await post(server, world.general, world.bob, f"p{i}.jpg", photos["rocket"]) for i in (2, 3, 4)]
+    await server.wait_until(lambda: backlog.dropped == 2, what="two pictures dropped")
+    server.cdn_hold.set()
+    await server.wait_until(lambda: backlog.idle, timeout=20, what="the backlog drained")
+    kept = {first.attachments[0].id, later[-1].attachments[0].id}  # the one in progress and the newest
+    assert set(stored(held_bot, world.guild.id)) == kept
+    assert backlog.gauges()["backlog_dropped_total"] == 2
+    assert await held_bot.services.memory.pending() == []  # dropped ones are not resumed after a restart
+    assert server.bot_messages(world.general) == []  # a drop is logged and counted, not replied to

@@ -20,12 +20,12 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from bot.decode_sandbox import DecodeSandbox
 from bot.imaging import DEFAULT_TARGET_SIZE, ImageRejected
+from tests.harness.bot_process import proc_status_bytes
 from tests.hostile_corpus import CATEGORIES, OK, Case, hostile_cases
 
 WATCHDOG_S = 20.0  # per file; the slowest file takes well under a second (see the report)
@@ -74,14 +74,7 @@ def decode_case(sandbox: DecodeSandbox, data: bytes, filename: str | None = None
 
 def _worker_peak_rss_mb(sandbox: DecodeSandbox) -> int:
     """The decoder processes' peak RSS (Linux /proc; 0 elsewhere)."""
-    peak = 0
-    for worker in list(sandbox._idle):
-        try:
-            status = Path(f"/proc/{worker.process.pid}/status").read_text()
-            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) >> 10)
-        except (OSError, IndexError, ValueError):
-            pass
-    return peak
+    return max((proc_status_bytes(w.process.pid, "VmHWM") >> 20 for w in list(sandbox._idle)), default=0)
 
 
 def run_watched(cases: Iterable[Case], report: Report) -> Iterator[tuple[Case, Outcome]]:

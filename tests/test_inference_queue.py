@@ -508,18 +508,7 @@ async def test_metrics_snapshot_and_prometheus_text_are_well_formed():
     assert snapshot["jobs"]["ok"] == 6 and snapshot["jobs"]["rejected"] == 1
     assert {"waiting", "queued", "decoding", "running", "max_queued"} <= set(snapshot)
     assert text.endswith("\n")
-    families: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            families[name] = kind
-            continue
-        if line.startswith("# HELP "):
-            continue
-        assert _SAMPLE.match(line), line
-        name = re.split(r"[{ ]", line, maxsplit=1)[0]
-        base = re.sub(r"_(bucket|sum|count)$", "", name) if name not in families else name
-        assert base in families, f"sample {name} before its # TYPE line"
+    families = assert_prometheus_well_formed(text)
     assert families["imagebot_inference_jobs_total"] == "counter"
     assert families["imagebot_inference_batch_size"] == "histogram"
     assert families["imagebot_inference_waiting"] == "gauge"

@@ -92,6 +92,7 @@ class _Item:
     image: IncomingImage | None  # None: accepted in an earlier run; resolved when its turn comes
     accepted_at: float
     tries: int = 0
+    stage: Literal["fast", "caption"] = "fast"  # which tier it waits for (and so which lane it is in)
 
 
 class IngestBacklog:
@@ -109,6 +110,8 @@ class IngestBacklog:
         self.on_event: Callable[[BacklogEvent], Awaitable[None]] | None = None
         self.resolver: Resolver | None = None
         self._items: dict[int, _Item] = {}  # attachment id → item, for every picture waiting in either tier
+        # Attachment ids in arrival order per tier. Finished pictures are not searched out of these:
+        # a worker skips an id that is no longer in _items (or no longer at that stage).
         self._fast: deque[int] = deque()
         self._caption: deque[int] = deque()
         self._fast_records: dict[int, ImageAnalysis] = {}
@@ -129,10 +132,10 @@ class IngestBacklog:
         if self._workers:
             return
         for index in range(self.settings.fast_in_flight):
-            self._workers.append(asyncio.create_task(self._work(self._fast, self._fast_ready, self._first_look),
+            self._workers.append(asyncio.create_task(self._work("fast", self._first_look),
                                                      name=f"backlog-fast-{index}"))
         for index in range(self.settings.caption_in_flight):
-            self._workers.append(asyncio.create_task(self._work(self._caption, self._caption_ready, self._complete),
+            self._workers.append(asyncio.create_task(self._work("caption", self._complete),
                                                      name=f"backlog-caption-{index}"))
 
     async def close(self) -> None:
@@ -159,9 +162,7 @@ class IngestBacklog:
                 continue  # not a Discord picture, or a replayed message already accepted
             if ref.attachment_id in self._items:
                 continue
-            self._items[ref.attachment_id] = _Item(ref, image, now)
-            self._fast.append(ref.attachment_id)
-        self._fast_ready.set()
+            self._enqueue(_Item(ref, image, now))
         await self._enforce_bound()
 
     async def resume(self) -> int:
@@ -176,9 +177,7 @@ class IngestBacklog:
             if ref.attachment_id in self._items:
                 continue
             # Either tier: read again and analysed fully (a stored fast-tier record is simply completed).
-            self._items[ref.attachment_id] = _Item(ref, None, item.first_marked)
-            self._fast.append(ref.attachment_id)
-        self._fast_ready.set()
+            self._enqueue(_Item(ref, None, item.first_marked))
         if pending:
             log.info("resuming %d picture(s) an earlier run accepted but did not finish", len(pending))
         return len(pending)
@@ -215,10 +214,11 @@ class IngestBacklog:
 
     def gauges(self) -> dict[str, float]:
         """Backlog depth per tier, the age of the oldest waiting picture, and the drop/failure counts."""
-        oldest = min((item.accepted_at for item in self._items.values()), default=None)
+        items = list(self._items.values())
+        oldest = min((item.accepted_at for item in items), default=None)
         return {
-            "backlog_fast": float(len(self._fast)),
-            "backlog_caption": float(len(self._caption)),
+            "backlog_fast": float(sum(item.stage == "fast" for item in items)),
+            "backlog_caption": float(sum(item.stage == "caption" for item in items)),
             "backlog_oldest_age_seconds": time.time() - oldest if oldest is not None else 0.0,
             "backlog_dropped_total": float(self.dropped),
             "backlog_failed_total": float(self.failed),
@@ -227,16 +227,26 @@ class IngestBacklog:
 
     # ------------------------------------------------------------------ workers
 
-    async def _work(self, lane: deque[int], ready: asyncio.Event,
-                    step: Callable[[_Item], Awaitable[None]]) -> None:
+    def _enqueue(self, item: _Item) -> None:
+        """Into the lane of the tier it waits for, behind what arrived before it."""
+        self._items[item.ref.attachment_id] = item
+        lane, ready = self._lane(item.stage)
+        lane.append(item.ref.attachment_id)
+        ready.set()
+
+    def _lane(self, stage: str) -> tuple[deque[int], asyncio.Event]:
+        return (self._fast, self._fast_ready) if stage == "fast" else (self._caption, self._caption_ready)
+
+    async def _work(self, stage: str, step: Callable[[_Item], Awaitable[None]]) -> None:
+        lane, ready = self._lane(stage)
         while True:
             while not lane:
                 ready.clear()
                 await ready.wait()
             attachment_id = lane.popleft()
             item = self._items.get(attachment_id)
-            if item is None or attachment_id in self._busy:
-                continue  # finished meanwhile (e.g. by hurry()), or already in another worker's hands
+            if item is None or item.stage != stage or attachment_id in self._busy:
+                continue  # finished meanwhile (e.g. by hurry()), moved on, or in another worker's hands
             if self._taken_back(attachment_id):
                 await self._finish(attachment_id)
                 continue
@@ -286,8 +296,8 @@ class IngestBacklog:
             self._decoded[ref.attachment_id] = decoded
             while len(self._decoded) > self.settings.decoded_cache:
                 self._decoded.popitem(last=False)
-        self._caption.append(ref.attachment_id)
-        self._caption_ready.set()
+        item.stage = "caption"
+        self._enqueue(item)
 
     async def _complete(self, item: _Item) -> None:
         ref = item.ref
@@ -302,7 +312,7 @@ class IngestBacklog:
             part = await self.queue.caption(decoded, priority=Priority.BACKGROUND)
         except UserFacingError as exc:
             self._decoded[ref.attachment_id] = decoded
-            await self._retry_or_give_up(item, f"{exc.code}: {exc}", lane=self._caption)
+            await self._retry_or_give_up(item, f"{exc.code}: {exc}")
             return
         await self._store_complete(item, item.image, fast.with_caption(part))
 
@@ -380,13 +390,11 @@ class IngestBacklog:
         await self._finish(item.ref.attachment_id)
         await self._emit("refused", item.ref, image.filename, exc.user_message)
 
-    async def _retry_or_give_up(self, item: _Item, why: str, *, lane: deque[int] | None = None) -> None:
+    async def _retry_or_give_up(self, item: _Item, why: str) -> None:
         item.tries += 1
         if item.tries < MAX_TRIES:
             log.warning("backlog: picture %s will be tried again (%s)", item.ref.attachment_id, why)
-            target = lane if lane is not None else self._fast
-            target.append(item.ref.attachment_id)
-            (self._caption_ready if target is self._caption else self._fast_ready).set()
+            self._enqueue(item)  # at the end of its tier's lane
             return
         log.error("backlog: giving up picture %s after %d tries (%s); it stays in the ledger for the next start",
                   item.ref.attachment_id, item.tries, why)
@@ -395,19 +403,23 @@ class IngestBacklog:
         await self._emit("failed", item.ref, item.ref.filename, why)
 
     async def _enforce_bound(self) -> None:
-        keep = self.settings.max_backlog
-        if self.memory is not None:
-            dropped = await self.memory.drop_oldest(keep)
-        else:
-            excess = len(self._fast) - keep
-            dropped = [self._items[i].ref for i in list(self._fast)[:max(0, excess)] if i in self._items]
-        for ref in dropped:
-            self.dropped += 1
+        """Past ``ingest.max_backlog`` waiting pictures, drop the oldest that no worker holds yet (every
+        waiting picture of this run is in ``_items``): they are taken out of the ledger, never resumed."""
+        excess = len(self._items) - self.settings.max_backlog
+        if excess <= 0:
+            return
+        oldest = sorted(self._items.values(), key=lambda item: item.accepted_at)
+        victims = [item.ref for item in oldest if item.ref.attachment_id not in self._busy][:excess]
+        for ref in victims:  # before any await: a concurrent accept must not pick the same victims
             self._forget_locally(ref.attachment_id)
+        self.dropped += len(victims)
+        if self.memory is not None:
+            await self.memory.abandon(victims)
+            self.memory.settle(victims)
+        for ref in victims:
             await self._emit("dropped", ref, ref.filename)
-        if dropped:
-            log.warning("backlog full (ingest.max_backlog = %d): dropped the %d oldest waiting picture(s); "
-                        "%d dropped since start", keep, len(dropped), self.dropped)
+        log.warning("backlog full (ingest.max_backlog = %d): dropped the %d oldest waiting picture(s); "
+                    "%d dropped since start", self.settings.max_backlog, len(victims), self.dropped)
 
     async def _finish(self, attachment_id: int, *, done: bool = False) -> None:
         item = self._items.get(attachment_id)
@@ -421,10 +433,6 @@ class IngestBacklog:
         self._items.pop(attachment_id, None)
         self._fast_records.pop(attachment_id, None)
         self._decoded.pop(attachment_id, None)
-        with contextlib.suppress(ValueError):
-            self._fast.remove(attachment_id)
-        with contextlib.suppress(ValueError):
-            self._caption.remove(attachment_id)
 
     def _taken_back(self, attachment_id: int) -> bool:
         return self.memory is not None and self.memory.is_retracted(attachment_id)

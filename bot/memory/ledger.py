@@ -24,7 +24,7 @@ before anything else happens (:meth:`IngestLedger.accept`, stage ``fast``), gets
 The same transaction that accepts a message's pictures also moves its channel's *mark* (the newest
 message accepted there), so after a crash the bot can read each channel's history after its mark
 and find a picture whose message arrived just before the kill, before any of this was written. The
-waiting rows are bounded (:meth:`IngestLedger.drop_oldest`): past the bound the oldest are dropped,
+backlog bounds the waiting pictures: past its bound the oldest are taken out (:meth:`mark_done`),
 counted and logged, never silently.
 
 A tiny stdlib ``sqlite3`` file in WAL mode, kept beside (not inside) the Chroma data so that it works
@@ -188,22 +188,6 @@ class IngestLedger(SqliteFile):
         """Epoch seconds the oldest waiting picture was accepted (None: nothing waits)."""
         [(oldest,)] = self.execute("SELECT min(first_marked) FROM pending")
         return float(oldest) if oldest is not None else None
-
-    def drop_oldest(self, keep: int) -> list[ImageRef]:
-        """Bound the waiting pictures to ``keep``: delete the oldest beyond that and return them (for the
-        log and the metric). Pictures already analysed and only waiting for the store are kept: they
-        cost no more model work, and dropping them would lose finished work."""
-        def work(db: sqlite3.Connection) -> list[ImageRef]:
-            [(total,)] = db.execute("SELECT count(*) FROM pending WHERE analysis IS NULL").fetchall()
-            excess = int(total) - keep
-            if excess <= 0:
-                return []
-            rows = db.execute("SELECT attachment_id, ref FROM pending WHERE analysis IS NULL" + _ORDER + " LIMIT ?",
-                              (excess,)).fetchall()
-            db.executemany("DELETE FROM pending WHERE attachment_id = ?", [(row[0],) for row in rows])
-            return [ImageRef.from_dict(json.loads(ref)) for _, ref in rows]
-
-        return self.transaction(work)
 
     def mark_done(self, *attachment_ids: int) -> None:
         """Finished (stored) or abandoned (message deleted, image refused): either way not to resume."""

@@ -156,14 +156,6 @@ class MemoryService:
             self._in_flight[ref.attachment_id] = ref
             self._holds[ref.attachment_id] = self._holds.get(ref.attachment_id, 0) + 1
 
-    async def drop_oldest(self, keep: int) -> list[ImageRef]:
-        """Bound the waiting pictures (bot.ingest.backlog): the oldest beyond ``keep`` are dropped."""
-        dropped = await asyncio.to_thread(self.ledger.drop_oldest, keep)
-        for ref in dropped:
-            self._in_flight.pop(ref.attachment_id, None)
-            self._holds.pop(ref.attachment_id, None)
-        return dropped
-
     async def channel_marks(self) -> dict[int, tuple[int | None, int]]:
         return await asyncio.to_thread(self.ledger.channel_marks)
 
