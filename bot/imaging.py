@@ -772,6 +772,26 @@ def _scan_png(data: bytes) -> None:
 _GIF_BLOCK_START: Final = re.compile(rb"[!,;]")  # extension, image descriptor, trailer
 
 
+def _gif_sub_blocks(data: bytes, pos: int, counted: int, limit: int, what: str) -> tuple[int, int, int]:
+    """Skip one chain of GIF sub-blocks starting at ``pos``, through its zero terminator.
+
+    ``counted`` is how many sub-blocks of this kind came before; past ``limit`` the file is refused.
+    Returns (the position after the chain, the new count, the chain's payload bytes).
+    """
+    n = len(data)
+    payload = 0
+    while pos < n:
+        length = data[pos]
+        pos += length + 1
+        if length == 0:
+            break
+        counted += 1
+        if counted > limit:
+            raise _too_much("GIF", what, limit)
+        payload += length
+    return pos, counted, payload
+
+
 def _scan_gif(data: bytes) -> int:
     """Walk a GIF's blocks without decoding LZW data; return the number of frames.
 
@@ -792,19 +812,12 @@ def _scan_gif(data: bytes) -> int:
         marker = data[pos]
         if marker == 0x21:  # extension: introducer, label, sub-blocks
             comment = pos + 1 < n and data[pos + 1] == 0xFE
-            pos += 2
-            while pos < n:
-                length = data[pos]
-                pos += length + 1
-                if length == 0:
-                    break
-                extension_sub_blocks += 1
-                if extension_sub_blocks > MAX_GIF_EXTENSION_SUB_BLOCKS:
-                    raise _too_much("GIF", "extension sub-blocks", MAX_GIF_EXTENSION_SUB_BLOCKS)
-                if comment:
-                    comment_bytes += length
-                    if comment_bytes > MAX_GIF_COMMENT_BYTES:
-                        raise _too_much("GIF", "comment bytes", MAX_GIF_COMMENT_BYTES)
+            pos, extension_sub_blocks, payload = _gif_sub_blocks(
+                data, pos + 2, extension_sub_blocks, MAX_GIF_EXTENSION_SUB_BLOCKS, "extension sub-blocks")
+            if comment:
+                comment_bytes += payload
+                if comment_bytes > MAX_GIF_COMMENT_BYTES:
+                    raise _too_much("GIF", "comment bytes", MAX_GIF_COMMENT_BYTES)
         elif marker == 0x2C:  # image descriptor (10 bytes), optional LCT, LZW size byte
             if pos + 10 > n:
                 break
@@ -813,15 +826,7 @@ def _scan_gif(data: bytes) -> int:
             pos += 10
             if local_flags & 0x80:
                 pos += 3 << ((local_flags & 0x07) + 1)
-            pos += 1
-            while pos < n:
-                length = data[pos]
-                pos += length + 1
-                if length == 0:
-                    break
-                sub_blocks += 1
-                if sub_blocks > MAX_GIF_SUB_BLOCKS:
-                    raise _too_much("GIF", "image data sub-blocks", MAX_GIF_SUB_BLOCKS)
+            pos, sub_blocks, _ = _gif_sub_blocks(data, pos + 1, sub_blocks, MAX_GIF_SUB_BLOCKS, "image data sub-blocks")
         elif frames == 0 and marker != 0x3B:
             # Pillow skips junk before the first frame one byte per loop turn.
             window = pos + MAX_GIF_JUNK_BYTES - junk + 1

@@ -9,6 +9,7 @@ Tweak settings per test with ``@pytest.mark.imagebot_settings(section={"key": va
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,16 +40,29 @@ async def ollama() -> AsyncIterator[FakeOllamaServer]:
         yield server
 
 
-@pytest_asyncio.fixture
-async def imagebot(request, discord_server, discord_world, tiny_settings, analyzer, ollama, tmp_path):
+def marked_settings(request, tiny_settings: Settings, ollama: FakeOllamaServer, data_dir: Path, **sections: dict
+                    ) -> Settings:
+    """:func:`bot_settings` with the test's ``@pytest.mark.imagebot_settings(...)`` overrides (and ``sections``)."""
+    marker = request.node.get_closest_marker("imagebot_settings")
+    return bot_settings(tiny_settings, ollama, data_dir, **{**sections, **(marker.kwargs if marker else {})})
+
+
+@contextlib.asynccontextmanager
+async def running_imagebot(discord_server, settings: Settings, analyzer) -> AsyncIterator:
+    """The production ImageBot on ``settings`` with ``analyzer`` as its models, connected to the peer."""
     from bot.client import ImageBot
     from bot.services import Services
 
-    marker = request.node.get_closest_marker("imagebot_settings")
-    settings = bot_settings(tiny_settings, ollama, tmp_path, **(marker.kwargs if marker else {}))
     bot = ImageBot(settings, Services(settings, analyzer_factory=lambda: analyzer))
     make_fast(bot)
     async with running_bot(discord_server, bot):
+        yield bot
+
+
+@pytest_asyncio.fixture
+async def imagebot(request, discord_server, discord_world, tiny_settings, analyzer, ollama, tmp_path):
+    async with running_imagebot(discord_server, marked_settings(request, tiny_settings, ollama, tmp_path),
+                                analyzer) as bot:
         yield bot
 
 

@@ -16,11 +16,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from bot.client import ImageBot
-from bot.services import Services
 from cogs.images import SEEN_REACTION
-from tests.harness.fixtures import make_fast, running_bot
-from tests.imagebot_fixtures import bot_settings
+from tests.imagebot_fixtures import marked_settings, running_imagebot
 
 
 class HeldCaptions:
@@ -49,11 +46,8 @@ async def held(analyzer):
 
 @pytest_asyncio.fixture
 async def held_bot(request, discord_server, discord_world, tiny_settings, held, ollama, tmp_path):
-    marker = request.node.get_closest_marker("imagebot_settings")
-    settings = bot_settings(tiny_settings, ollama, tmp_path, **(marker.kwargs if marker else {}))
-    bot = ImageBot(settings, Services(settings, analyzer_factory=lambda: held))
-    make_fast(bot)
-    async with running_bot(discord_server, bot):
+    async with running_imagebot(discord_server, marked_settings(request, tiny_settings, ollama, tmp_path),
+                                held) as bot:
         yield bot
     held.release.set()
 

@@ -15,8 +15,7 @@ import pytest_asyncio
 
 from bot.memory import service as memory_service
 from cogs.images import SEEN_REACTION
-from tests.harness.fixtures import make_fast, running_bot
-from tests.imagebot_fixtures import bot_settings
+from tests.imagebot_fixtures import bot_settings, running_imagebot
 from tests.test_bot_discord import wait_reaction
 from tests.test_memory_discord import post_image, run_find, store_count, thumbnails, url_of
 from tests.test_memory_store import ChromaServer, running_chroma
@@ -34,16 +33,11 @@ def chroma(tmp_path) -> Iterator[ChromaServer]:
 async def http_bot(chroma, discord_server, discord_world, tiny_settings, analyzer, ollama, tmp_path, monkeypatch
                    ) -> AsyncIterator:
     """The production bot (tiny models) with its memory on the ``chroma`` server."""
-    from bot.client import ImageBot
-    from bot.services import Services
-
     # The writer's backoff capped low: the test waits for the outcome, and should not wait a minute for it.
     monkeypatch.setattr(memory_service, "RETRY_MAX_S", 0.5)
     settings = bot_settings(tiny_settings, ollama, tmp_path, memory={
         "backend": "http", "host": "127.0.0.1", "port": chroma.port, "collection_prefix": "outage"})
-    bot = ImageBot(settings, Services(settings, analyzer_factory=lambda: analyzer))
-    make_fast(bot)
-    async with running_bot(discord_server, bot):
+    async with running_imagebot(discord_server, settings, analyzer) as bot:
         yield bot
 
 
