@@ -191,7 +191,7 @@ def test_split_keeps_code_fences_balanced():
 
 
 def test_split_of_a_partial_answer_only_ever_changes_its_last_chunk():
-    # What cogs/chat.py's LiveReply relies on to finish a message once the stream has moved past it.
+    # What cogs/utils/live_reply.py's LiveReply relies on to finish a message once the stream has moved past it.
     text = "\n\n".join(
         f"Paragraph {i}. " + "some words here. " * 20 + "\n```python\n" + "x = 1\n" * (15 * i) + "```"
         for i in range(6)
