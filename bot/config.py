@@ -64,6 +64,21 @@ class SentimentSettings(_Section):
     model: str = "cardiffnlp/twitter-roberta-base-sentiment-latest"
 
 
+class OcrSettings(_Section):
+    """The text reader (bot/models/reader.py): RapidOCR's PP-OCR models, shipped inside the wheel."""
+
+    enabled: bool = True
+    # Longest side of the grayscale copy the reader gets (screenshots up to full HD are read as is).
+    max_side: Annotated[int, Field(ge=256, le=4096)] = 1920
+    # The cheap first pass: text detection on a copy this small; no box found means no text, and
+    # the picture skips the full read (bench/results/ocr_cpu.md).
+    gate_side: Annotated[int, Field(ge=64, le=2048)] = 480
+    # Recognised lines below this confidence are dropped (photo textures read as junk otherwise).
+    min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.6
+    # Characters of text kept per picture (the context line shows fewer).
+    max_chars: Annotated[int, Field(ge=16, le=10_000)] = 1000
+
+
 class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -75,6 +90,7 @@ class ModelSettings(_Section):
     tagger: TaggerSettings = TaggerSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     sentiment: SentimentSettings = SentimentSettings()
+    ocr: OcrSettings = OcrSettings()
 
 
 class ImageSettings(_Section):
@@ -100,6 +116,12 @@ class LLMSettings(_Section):
     # request and sends nothing is given up on early instead of keeping people on "typing…".
     first_token_timeout_s: PositiveFloat = 15.0
     num_ctx: PositiveInt = 4096
+    # Vision chat models (gemma3, llava, qwen2.5-vl, ...) also get the pictures themselves: "auto" asks
+    # Ollama once whether the model has the vision capability (/api/show), "never"/"always" decide.
+    send_images: Literal["auto", "never", "always"] = "auto"
+    # At most this many of the conversation's most recent pictures, each shrunk to this longest side.
+    max_images: Annotated[int, Field(ge=0, le=16)] = 4
+    image_max_side: Annotated[int, Field(ge=64, le=2048)] = 768
     system_prompt: str = (
         "You are imagebot, a friendly member of this Discord server. You cannot see pixels; "
         "each picture posted appears to you as a line starting with [Image Attached: ...] written "

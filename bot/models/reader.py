@@ -1,0 +1,123 @@
+"""Text reader role: the words in a picture (screenshots, memes, error messages, receipts).
+
+RapidOCR 3.x runs PP-OCR's detection, direction and recognition models on onnxruntime; the models
+ship inside the ``rapidocr`` wheel, so this role never downloads anything and the tests run it with
+its real weights.
+
+Most pictures people post are photos with no text, so a read starts with a **gate**: text detection
+alone on a copy at most ``gate_side`` pixels long (~20 ms p50 on a 2-core CPU at 480 px against
+~100 ms at the detector's own 736 px, ``bench/results/ocr_cpu.md``). No box there means no text and
+the picture costs nothing more; otherwise the full pipeline runs on the ``max_side`` copy. Lines read
+with less than ``min_confidence`` are dropped: photo textures that pass the gate mostly read as
+short, low-confidence junk.
+
+The reader gets the grayscale copy :func:`bot.imaging.decode_image` makes when asked for one
+(``text_size``): the models' 384 px image is far too small for screenshot text, and gray is a third
+of the bytes of RGB through the decoder pipe. What it returns is the picture's words as they are:
+they are attacker-controlled, and :meth:`bot.analysis.ImageAnalysis.context_line` defuses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from bot.config import OcrSettings
+
+log = logging.getLogger(__name__)
+
+#: What records say read the text (model_ids["reader"]).
+MODEL_ID = "rapidocr/PP-OCRv6-small"
+
+
+@dataclass(frozen=True)
+class TextLine:
+    text: str
+    confidence: float
+
+
+def joined(lines: Sequence[TextLine], max_chars: int) -> str:
+    """The lines as one text, one per line, cut at ``max_chars`` (on a word boundary when it can)."""
+    text = "\n".join(line.text.strip() for line in lines if line.text.strip())
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    space = max(cut.rfind(" "), cut.rfind("\n"))
+    return (cut[:space] if space > max_chars // 2 else cut).rstrip()
+
+
+class TextReader:
+    """Reads the text in images: :meth:`read` gives one string per image ("" for none)."""
+
+    model_id = MODEL_ID
+
+    def __init__(self, *, gate_side: int = 480, max_side: int = 1920, min_confidence: float = 0.6,
+                 max_chars: int = 1000) -> None:
+        from rapidocr import RapidOCR
+
+        quiet = {"Global.log_level": "error"}
+        # The full reader: the detector's own resize (shortest side to 736, then capped at max_side).
+        self._engine = RapidOCR(params={**quiet, "Global.max_side_len": max_side})
+        # The gate: detection only, on a copy whose longest side is at most gate_side.
+        self._gate = RapidOCR(params={**quiet, "Det.limit_side_len": gate_side, "Det.limit_type": "max",
+                                      "Global.min_side_len": 0})
+        self.gate_side = gate_side
+        self.max_side = max_side
+        self.min_confidence = min_confidence
+        self.max_chars = max_chars
+        # RapidOCR keeps per-call settings (use_det/use_rec) on the engine object: one call at a time.
+        self._lock = threading.Lock()
+        _silence_rapidocr()
+
+    @classmethod
+    def from_settings(cls, settings: OcrSettings) -> TextReader | None:
+        """The configured reader, or None when ``models.ocr.enabled`` is false."""
+        if not settings.enabled:
+            return None
+        return cls(gate_side=settings.gate_side, max_side=settings.max_side,
+                   min_confidence=settings.min_confidence, max_chars=settings.max_chars)
+
+    def read(self, images: Sequence[Image.Image]) -> list[str]:
+        """The text of each image, its lines joined by newlines ("" when it has none)."""
+        return [joined(self.read_lines(image), self.max_chars) for image in images]
+
+    def has_text(self, image: Image.Image) -> bool:
+        """The gate alone: whether the detector finds any text box on the small copy."""
+        pixels = _pixels(image, self.gate_side)
+        with self._lock:
+            found = self._gate(pixels, use_det=True, use_cls=False, use_rec=False)
+        boxes = getattr(found, "boxes", None)
+        return boxes is not None and len(boxes) > 0
+
+    def read_lines(self, image: Image.Image) -> list[TextLine]:
+        """The confident lines of one image, top to bottom; [] when the gate finds no text."""
+        if not self.has_text(image):
+            return []
+        pixels = _pixels(image, self.max_side)
+        with self._lock:
+            result = self._engine(pixels)
+        texts = getattr(result, "txts", None) or ()
+        scores = getattr(result, "scores", None) or ()
+        return [TextLine(text, float(score)) for text, score in zip(texts, scores, strict=False)
+                if float(score) >= self.min_confidence and text.strip()]
+
+
+def _pixels(image: Image.Image, longest: int) -> np.ndarray:
+    """A grayscale uint8 array with the longest side at most ``longest`` (never upscaled)."""
+    gray = image if image.mode == "L" else image.convert("L")
+    if max(gray.size) > longest:
+        scale = longest / max(gray.size)
+        gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),
+                           Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(gray)
+
+
+def _silence_rapidocr() -> None:
+    """RapidOCR logs every engine it builds at INFO through its own handler; keep the console quiet."""
+    for name in ("RapidOCR", "rapidocr"):
+        logging.getLogger(name).setLevel(logging.ERROR)
