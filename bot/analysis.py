@@ -18,6 +18,8 @@ CONTEXT_PREFIX = "[Image Attached:"
 # Label sets whose best label goes into the context line's "Labels:" part, in this order.
 CONTEXT_LABEL_SETS = ("objects", "scenes", "medium")
 MAX_CAPTION_CHARS = 300
+# Characters of the picture's own text (OCR) shown in the context line; the record keeps more.
+MAX_CONTEXT_TEXT_CHARS = 300
 # What the context line and result cards say for a fast-tier record (labels known, caption not yet).
 PENDING_CAPTION = "a picture (caption not written yet)"
 
@@ -83,6 +85,9 @@ class ImageAnalysis:
     # True for a fast-tier record: no caption yet, so ``caption`` is "", ``caption_embedding`` and
     # ``caption_topics`` are empty and ``sentiment`` is the image's own mood (CLIP) until it lands.
     caption_pending: bool = False
+    # The words read in the picture (the text reader, OCR): its lines joined by newlines, "" for none.
+    # Attacker-controlled: :func:`quote_image_text` defuses it wherever it is shown.
+    text: str = ""
 
     def with_caption(self, part: CaptionPart) -> ImageAnalysis:
         """The complete record: this fast-tier record plus the caption tier's part."""
@@ -105,11 +110,15 @@ class ImageAnalysis:
         return self.topics[0].label if self.topics else None
 
     def context_line(self) -> str:
-        """``[Image Attached: caption. Labels: a, b, c. Mood: positive. Topic: animals]``.
+        """``[Image Attached: caption. Text: "words". Labels: a, b, c. Mood: positive. Topic: animals]``.
 
-        A fast-tier record says its caption is not written yet instead of showing a blank one."""
+        ``Text`` is what the picture itself says (OCR), quoted and defused (:func:`quote_image_text`);
+        it is left out when the picture has none. A fast-tier record says its caption is not written
+        yet instead of showing a blank one."""
         caption = PENDING_CAPTION if self.caption_pending else _clean(self.caption, MAX_CAPTION_CHARS)
         parts = [caption or "an image"]
+        if self.text.strip():
+            parts.append(f'Text: "{quote_image_text(self.text, MAX_CONTEXT_TEXT_CHARS)}"')
         if self.top_labels:
             parts.append("Labels: " + ", ".join(_clean(label, 60) for label in self.top_labels))
         parts.append(f"Mood: {self.sentiment.label}")
@@ -145,6 +154,7 @@ class ImageAnalysis:
             format=data["format"],
             animated=bool(data.get("animated", False)),
             caption_pending=bool(data.get("caption_pending", False)),
+            text=str(data.get("text", "")),
         )
 
 
@@ -165,7 +175,36 @@ _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\u00ad]")
 _FORGED_MARKER = re.compile(r"\[\s*image[\s_-]*attached\s*:?", re.IGNORECASE)
 
 
-def neutralize_user_text(text: str) -> str:
+# Discord mention syntax: @everyone / @here and <@id>, <@!id>, <@&role>, <#channel>.
+_MASS_MENTION = re.compile(r"@(everyone|here)\b", re.IGNORECASE)
+_ID_MENTION = re.compile(r"<(@[!&]?|#)(\d+)>")
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def escape_mentions(text: str) -> str:
+    """``@everyone``, ``<@123>`` and the like broken with a zero-width space, as discord.py's
+    ``utils.escape_mentions`` does: they read the same but can never ping, even if this text is
+    echoed into a message somewhere without the bot-wide ``AllowedMentions.none()``."""
+    text = _MASS_MENTION.sub(lambda m: "@" + ZERO_WIDTH_SPACE + m.group(1), text)
+    return _ID_MENTION.sub(lambda m: "<" + m.group(1) + ZERO_WIDTH_SPACE + m.group(2) + ">", text)
+
+
+def quote_image_text(text: str, limit: int) -> str:
+    """Text read in a picture, made safe to quote inside the bot's own context line (or a card).
+
+    Text in an image is attacker-controlled input, so it gets everything typed user text gets and
+    more: lookalikes of the bot's marker are defused (:func:`neutralize_user_text`, after NFKC and
+    dropping invisible characters), it becomes one line (its lines joined with " / "), brackets
+    become parentheses (so it cannot close the line), double quotes become single ones (so it cannot
+    close its own quotes), mentions are escaped (:func:`escape_mentions`) and it is cut at ``limit``.
+    """
+    folded = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    one_line = " / ".join(line.strip() for line in folded.splitlines() if line.strip())
+    cleaned = _clean(neutralize_user_text(one_line, "(the picture says: image attached)"), limit).replace('"', "'")
+    return escape_mentions(cleaned)
+
+
+def neutralize_user_text(text: str, replacement: str = "(user typed: image attached)") -> str:
     """User text with every lookalike of the bot's image marker defused.
 
     NFKC folds fullwidth/compatibility forms (``［Ｉｍａｇｅ``) to ASCII and invisible characters
@@ -175,4 +214,4 @@ def neutralize_user_text(text: str) -> str:
     folded = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
     if not _FORGED_MARKER.search(folded):
         return text
-    return _FORGED_MARKER.sub("(user typed: image attached)", folded)
+    return _FORGED_MARKER.sub(replacement, folded)

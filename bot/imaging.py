@@ -45,7 +45,7 @@ import io
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Final, Literal
 
 from PIL import (
@@ -109,6 +109,8 @@ MAX_COUNTED_FRAMES: Final = 10_000
 _REDUCING_GAP: Final = 2.0
 
 _RESAMPLE: Final = Image.Resampling.BICUBIC  # what the BLIP/CLIP processors use
+# The reader's copy: bilinear keeps glyph edges without bicubic's ringing, and is cheaper.
+_TEXT_RESAMPLE: Final = Image.Resampling.BILINEAR
 _WHITE: Final = 255
 
 # EXIF Orientation tag -> the transpose that makes the image upright.  Identical to the
@@ -269,6 +271,13 @@ class DecodedImage:
     """True for GIF/WebP/APNG/AVIF with more than one frame (only the first is used)."""
     frame_count: int
     """Frames in the animation, capped at :data:`MAX_COUNTED_FRAMES`; 1 for stills."""
+    text_image: Image.Image | None = None
+    """Mode ``"L"``, upright, longest side <= ``text_size``: the copy the text reader gets (the
+    384 px model image is far too small for screenshot text). None unless asked for."""
+
+    def without_text_image(self) -> DecodedImage:
+        """This image without its reader copy (what is kept between analysis tiers: ~0.4 MB, not ~3)."""
+        return self if self.text_image is None else replace(self, text_image=None)
 
 
 # --------------------------------------------------------------------------- sniffing
@@ -903,9 +912,13 @@ def decode_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     target_size: int = DEFAULT_TARGET_SIZE,
+    text_size: int = 0,
     filename: str | None = None,
 ) -> DecodedImage:
     """Decode untrusted image bytes into an upright RGB image of at most ``target_size``.
+
+    ``text_size`` > 0 also makes :attr:`DecodedImage.text_image`, a grayscale copy at most that long
+    for the text reader (JPEGs are then drafted for the larger of the two sizes).
 
     ``filename`` is used only to make refusal messages friendlier; it never influences how
     the bytes are interpreted.
@@ -920,8 +933,8 @@ def decode_image(
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-    if max_bytes <= 0 or max_pixels <= 0 or target_size <= 0:
-        raise ValueError("max_bytes, max_pixels and target_size must be positive")
+    if max_bytes <= 0 or max_pixels <= 0 or target_size <= 0 or text_size < 0:
+        raise ValueError("max_bytes, max_pixels and target_size must be positive, text_size >= 0")
 
     size = len(data) if not isinstance(data, memoryview) else data.nbytes
     if size == 0:
@@ -938,7 +951,7 @@ def decode_image(
         frames = _check_structure(
             data if isinstance(data, bytes) else bytes(data), detected, max_pixels
         )
-        return _decode(data, detected, max_pixels, target_size, filename, frames)
+        return _decode(data, detected, max_pixels, target_size, filename, frames, text_size)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -970,6 +983,7 @@ def _decode(
     target_size: int,
     filename: str | None,
     counted_frames: int | None,
+    text_size: int = 0,
 ) -> DecodedImage:
     with Image.open(io.BytesIO(data), formats=[fmt]) as im:
         width, height = im.size
@@ -981,15 +995,18 @@ def _decode(
 
         frame_count = counted_frames if counted_frames is not None else _count_frames(im, fmt)
         final_size = _fit_within(width, height, target_size)
+        text_final = _fit_within(width, height, text_size) if text_size > 0 else None
+        # The JPEG draft must keep enough pixels for the larger of the two copies.
+        largest = max(final_size, text_final or final_size)
 
         box: tuple[float, float, float, float] | None = None
-        if fmt == "JPEG" and final_size != (width, height):
+        if fmt == "JPEG" and largest != (width, height):
             # DCT-domain downscale by 1/2, 1/4 or 1/8 while staying >= _REDUCING_GAP x the
             # final size.  Must happen before load(); draft() also keeps the mode as is
             # for CMYK/L (it only ever changes RGB -> L/YCbCr, which we don't ask for).
             wanted = (
-                max(1, math.ceil(final_size[0] * _REDUCING_GAP)),
-                max(1, math.ceil(final_size[1] * _REDUCING_GAP)),
+                max(1, math.ceil(largest[0] * _REDUCING_GAP)),
+                max(1, math.ceil(largest[1] * _REDUCING_GAP)),
             )
             drafted = im.draft("RGB", wanted)
             if drafted is not None:
@@ -1002,7 +1019,13 @@ def _decode(
         orientation = _read_orientation(im)
         original_size = (height, width) if orientation in _SWAPS_AXES else (width, height)
 
-        out = _to_resizable_mode(im, fmt)
+        source = _to_resizable_mode(im, fmt)
+        text_image = None
+        if text_final is not None:
+            text_image = source if source.size == text_final else source.resize(
+                text_final, _TEXT_RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
+            text_image = _flatten_to_rgb(text_image).convert("L")
+        out = source
         if out.size != final_size:
             out = out.resize(final_size, _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
         out = _flatten_to_rgb(out)
@@ -1010,6 +1033,8 @@ def _decode(
         transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
         if transpose is not None:
             out = out.transpose(transpose)
+            if text_image is not None:
+                text_image = text_image.transpose(transpose)
         if out is im:
             # Still the parser object (a small upright RGB image needs no work): hand out a
             # plain Image detached from the file object and plugin state instead.
@@ -1024,6 +1049,7 @@ def _decode(
         original_size=original_size,
         animated=fmt in _ANIMATED_FORMATS and frame_count > 1,
         frame_count=frame_count,
+        text_image=text_image,
     )
 
 

@@ -40,6 +40,7 @@ from bot.models.captioner import BlipCaptioner, Captioner, SplitCaptioner
 from bot.models.device import resolve_device, resolve_dtype
 from bot.models.embedder import TextEmbedder
 from bot.models.hub import resolve_clip, resolve_hf
+from bot.models.reader import TextReader
 from bot.models.sentiment import SentimentModel, TransformersSentiment, VaderSentiment
 from bot.models.tagger import ClipTagger
 from bot.models.topics import CaptionTopics
@@ -66,6 +67,7 @@ class StageTimings:
     clip: float = 0.0
     text: float = 0.0
     prepare: float = 0.0
+    read: float = 0.0  # the text reader (OCR), gate included
 
 
 @dataclass(frozen=True)
@@ -139,11 +141,13 @@ class Analyzer:
         tagger: ClipTagger,
         embedder: TextEmbedder,
         sentiment: SentimentModel,
+        reader: TextReader | None = None,
     ) -> None:
         self.captioner = captioner
         self.tagger = tagger
         self.embedder = embedder
         self.sentiment = sentiment
+        self.reader = reader  # None: text in pictures is not read (models.ocr.enabled = false)
         self.caption_topics = CaptionTopics(embedder, tagger.label_sets["topics"])
         self._local = threading.local()  # last_timings, per thread (the queue has two workers)
         self._yield_point: Callable[[], None] = _no_yield
@@ -188,18 +192,29 @@ class Analyzer:
             sentiment = TransformersSentiment(sentiment_path, model_id=models.sentiment.model, device=device)
         else:
             sentiment = VaderSentiment()
+        reader = TextReader.from_settings(models.ocr)
         log.info("models loaded on %s (%s) in %.1fs", device, str(dtype).removeprefix("torch."),
                  time.perf_counter() - started)
-        return cls(captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment)
+        return cls(captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment, reader=reader)
 
     @property
     def model_ids(self) -> dict[str, str]:
-        return {
+        ids = {
             "captioner": self.captioner.model_id,
             "tagger": self.tagger.model_id,
             "embedder": self.embedder.model_id,
             "sentiment": self.sentiment.model_id,
         }
+        if self.reader is not None:
+            ids["reader"] = self.reader.model_id
+        return ids
+
+    @property
+    def text_size(self) -> int:
+        """The longest side of the grayscale copy the text reader wants from the decoder (0: none).
+
+        Whoever decodes for this analyzer passes it on (``decode(..., text_size=analyzer.text_size)``)."""
+        return self.reader.max_side if self.reader is not None else 0
 
     @property
     def device(self) -> torch.device:
@@ -299,6 +314,10 @@ class Analyzer:
         timings.clip = time.perf_counter() - started
 
         started = time.perf_counter()
+        words = self._read(prepared)
+        timings.read = time.perf_counter() - started
+
+        started = time.perf_counter()
         text = self._text(captions)
         timings.text = time.perf_counter() - started
         self.last_timings = timings
@@ -319,12 +338,13 @@ class Analyzer:
                 height=decoded.original_size[1],
                 format=decoded.format,
                 animated=decoded.animated,
+                text=words[i],
             )
             for i, decoded in enumerate(item.decoded for item in prepared)
         ]
 
     def analyze_fast(self, images: Sequence[DecodedImage | PreparedImage]) -> list[ImageAnalysis]:
-        """The fast tier: CLIP only. Records with ``caption_pending=True``: no caption, caption
+        """The fast tier: CLIP and the text reader. Records with ``caption_pending=True``: no caption, caption
         embedding or caption topics yet, and the image's own mood (CLIP's ``sentiment`` set; neutral
         without one) as ``sentiment`` until :meth:`caption`'s part replaces it
         (:meth:`ImageAnalysis.with_caption`)."""
@@ -338,8 +358,11 @@ class Analyzer:
         started = time.perf_counter()
         clip = self._clip(clip_pixels)
         timings.clip = time.perf_counter() - started
+        started = time.perf_counter()
+        words = self._read(prepared)
+        timings.read = time.perf_counter() - started
         self.last_timings = timings
-        model_ids = {"tagger": self.tagger.model_id}
+        model_ids = {role: ids for role, ids in self.model_ids.items() if role not in CAPTION_ROLES}
         return [
             ImageAnalysis(
                 caption="",
@@ -356,6 +379,7 @@ class Analyzer:
                 format=decoded.format,
                 animated=decoded.animated,
                 caption_pending=True,
+                text=words[i],
             )
             for i, decoded in enumerate(item.decoded for item in prepared)
         ]
@@ -409,6 +433,21 @@ class Analyzer:
             ]
         image_vectors = image_features.cpu().numpy().astype(np.float32)
         return _ClipPart(labels, topics, image_sentiments, image_vectors)
+
+    def _read(self, prepared: list[PreparedImage]) -> list[str]:
+        """The text reader on each picture's grayscale copy (its model image when the decoder made none).
+
+        One picture at a time (RapidOCR reads one image per call; its recogniser batches the lines
+        within it), with the queue's yield point between pictures: a long read of a screenshot-heavy
+        background batch still gives way to interactive work."""
+        if self.reader is None:
+            return [""] * len(prepared)
+        texts = []
+        for item in prepared:
+            self._yield_point()
+            decoded = item.decoded
+            texts.extend(self.reader.read([decoded.text_image or decoded.image]))
+        return texts
 
     def _text(self, captions: list[str]) -> _TextPart:
         """The caption texts: embedded, assigned topics, and scored for sentiment, as one batch."""

@@ -1,4 +1,13 @@
-"""Chat: answer mentions, replies and DMs through the LLM, with the images of the conversation."""
+"""Chat: answer mentions, replies and DMs through the LLM, with the images of the conversation.
+
+The conversation is the channel history the bot reads here (``chat.history_messages`` before the
+message) plus the message itself. Its pictures reach the LLM as ``[Image Attached: ...]`` lines and,
+for a vision model, as the pictures themselves (bot/chat/vision.py). Visibility rule: only pictures of
+those messages are ever shown to the model, read from their own attachments (``to_turn``); never one
+from the analysis cache, the memory or another channel, so the answer, posted in this channel, can
+only draw on pictures everyone here could already see. Their bytes are decoded again in the bot's
+decode sandbox, like at ingestion.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +26,8 @@ log = logging.getLogger(__name__)
 # How far back a chat looks for pictures still waiting for their analysis (bounded: a mention must not
 # turn into analysing a whole channel's backlog at interactive priority).
 HURRY_MESSAGES, HURRY_IMAGES = 5, 4
+
+
 class Chat(commands.Cog):
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
@@ -54,7 +65,7 @@ class Chat(commands.Cog):
                 await services.ingestor.hurry(recent[:HURRY_IMAGES])
                 turns = [to_turn(m, me, services.ingestor) for m in reversed(history)]
                 turns.append(to_turn(message, me, services.ingestor))
-                chunks = await services.chat.answer(turns, on_progress=live.update)
+                chunks = await services.chat.answer(turns, on_progress=live.update, decode=services.decoder.decode)
         finally:
             live.stop()  # also when answering failed: no progress task left behind
         try:

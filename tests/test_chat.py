@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
+from dataclasses import dataclass
 
 import ollama
 import pytest
 
 from bot.analysis import CONTEXT_PREFIX, ImageAnalysis, Scored, Sentiment
-from bot.chat.conversation import Turn, build_messages
+from bot.chat.conversation import VISION_NOTE, Turn, build_messages
 from bot.chat.llm import ChatLLM, LLMModelMissing, LLMTimeout, LLMUnavailable, is_model_missing
 from bot.chat.service import CUT_SHORT_NOTE, OFFLINE_NOTE, ChatService
 from bot.chat.splitting import split_message
+from bot.chat.vision import vision_from_show
 from bot.config import LLMSettings, Settings
 from tests.harness.ollama_server import FakeOllamaServer
 
@@ -208,3 +210,225 @@ def test_split_prefers_paragraphs_and_handles_giant_words():
     chunks = split_message("x" * 4500)
     assert [len(c) for c in chunks] == [1996, 1996, 508]
     assert split_message("   ") == []
+
+
+# ----- vision models: the pictures themselves (bot/chat/vision.py) ------------------------------------
+
+
+def jpeg_bytes(width: int, height: int, color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Picture:
+    """A picture's bytes as the chat cog hands them over (bot.ingest.IncomingImage fits the same shape)."""
+
+    data: bytes
+    filename: str = "photo.jpg"
+    size: int | None = None
+    reads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size is None:
+            self.size = len(self.data)
+
+    @property
+    def read(self):
+        async def read() -> bytes:
+            self.reads += 1
+            return self.data
+        return read
+
+
+def picture_turn(*pictures: Picture, text: str = "look") -> Turn:
+    return Turn(author="alice", text=text, images=[penguin() for _ in pictures], pictures=list(pictures))
+
+
+def decoded(image: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(image)))
+
+
+def test_build_messages_attaches_pictures_to_their_own_turn_with_a_system_note():
+    turns = [picture_turn(Picture(b"x")), Turn(author="bob", text="nice"), Turn(author="imagebot", text="hi",
+                                                                                  from_bot=True)]
+    messages = build_messages("sys", turns, {0: ["data:image/jpeg;base64,QUJD"]})
+    assert messages[0].content == f"sys\n\n{VISION_NOTE}"
+    assert messages[1].content == [{"type": "text", "text": f"alice: look\n{penguin().context_line()}"},
+                                   {"type": "image_url", "image_url": "data:image/jpeg;base64,QUJD"}]
+    assert messages[2].content == "bob: nice"
+    assert build_messages("sys", turns)[0].content == "sys"  # nothing attached: the prompt as configured
+    assert build_messages("sys", turns, {0: []})[1].content == f"alice: look\n{penguin().context_line()}"
+
+
+def test_vision_from_show_reads_capabilities_then_the_projector():
+    assert vision_from_show({"capabilities": ["completion", "vision"]})
+    assert not vision_from_show({"capabilities": ["completion"], "projector_info": {"x": 1}})  # the list decides
+    assert vision_from_show({"model_info": {}, "projector_info": {"general.architecture": "clip"}})  # old server
+    assert not vision_from_show({"model_info": {"general.architecture": "llama"}})  # old server, text model
+    with pytest.raises(ValueError):
+        vision_from_show(["vision"])
+
+
+async def test_a_vision_model_gets_the_newest_pictures_downscaled_as_jpeg():
+    async with FakeOllamaServer(capabilities={"llama3.2": ["completion", "vision"]}) as server:
+        service = ChatService(settings_for(server, max_images=2, image_max_side=256))
+        oldest, older, newest = (Picture(jpeg_bytes(1200, 800, (i * 80, 0, 0)), filename=f"{i}.jpg")
+                                 for i in range(3))
+        turns = [picture_turn(oldest, older), Turn(author="bob", text="and this"), picture_turn(newest)]
+        [answer] = await service.answer(turns)
+        assert answer == "I can see 3 image(s) in our chat."  # every picture keeps its line
+        [request] = server.requests
+        assert not request.refused and server.show_requests == ["llama3.2"]
+        by_message = request.images_by_message  # system, alice, bob, alice
+        assert [len(images) for images in by_message] == [0, 1, 0, 1]
+        assert (oldest.reads, older.reads, newest.reads) == (0, 1, 1)  # only what is sent is read again
+        for image in request.images:
+            picture = decoded(image)
+            assert picture.format == "JPEG" and picture.size == (256, 171)
+        assert decoded(by_message[1][0]).getpixel((5, 5))[0] == pytest.approx(80, abs=8)  # `older`, not `oldest`
+        assert VISION_NOTE in request.messages[0]["content"]
+        assert penguin().context_line() in request.messages[1]["content"]
+
+
+async def test_a_text_model_gets_no_pictures_and_nothing_is_read():
+    async with FakeOllamaServer() as server:  # /api/show: ["completion"]
+        service = ChatService(settings_for(server))
+        picture = Picture(jpeg_bytes(64, 64))
+        for _ in range(3):
+            await service.answer([picture_turn(picture)])
+        assert [r.images for r in server.requests] == [[], [], []]
+        assert server.show_requests == ["llama3.2"]  # asked once, not per message
+        assert picture.reads == 0
+        assert VISION_NOTE not in server.requests[0].messages[0]["content"]
+
+
+async def test_never_does_not_ask_and_always_does_not_ask_either():
+    async with FakeOllamaServer(capabilities={"llama3.2": ["completion", "vision"]}) as server:
+        picture = Picture(jpeg_bytes(64, 64))
+        await ChatService(settings_for(server, send_images="never")).answer([picture_turn(picture)])
+        assert server.requests[-1].images == [] and picture.reads == 0
+        await ChatService(settings_for(server, send_images="always")).answer([picture_turn(picture)])
+        assert len(server.requests[-1].images) == 1
+        assert server.show_requests == []
+
+
+async def test_no_pictures_in_the_conversation_means_no_capability_question():
+    async with FakeOllamaServer(capabilities={"llama3.2": ["completion", "vision"]}) as server:
+        await ChatService(settings_for(server)).answer([Turn(author="a", text="hi", images=[penguin()])])
+        assert server.show_requests == [] and server.requests[0].images == []
+
+
+async def test_old_ollama_without_capabilities_counts_a_projector_as_vision():
+    async with FakeOllamaServer(capabilities={"llama3.2": None}, projectors={"llama3.2"}) as server:
+        await ChatService(settings_for(server)).answer([picture_turn(Picture(jpeg_bytes(64, 64)))])
+        assert len(server.requests[0].images) == 1
+    async with FakeOllamaServer(capabilities={"llama3.2": None}) as server:
+        await ChatService(settings_for(server)).answer([picture_turn(Picture(jpeg_bytes(64, 64)))])
+        assert server.requests[0].images == []
+
+
+async def test_a_failed_capability_question_is_asked_again_only_later():
+    async with FakeOllamaServer(capabilities={"llama3.2": ["completion", "vision"]}, show_status=500) as server:
+        service = ChatService(settings_for(server))
+        picture = Picture(jpeg_bytes(64, 64))
+        [answer] = await service.answer([picture_turn(picture)])
+        assert answer == "I can see 1 image(s) in our chat."  # the answer still arrives, text only
+        await service.answer([picture_turn(picture)])
+        assert server.show_requests == ["llama3.2"] and [r.images for r in server.requests] == [[], []]
+        assert picture.reads == 0
+        server.show_status = None
+        service.vision.check.retry_after_s = 0  # "later" has come
+        await service.answer([picture_turn(picture)])
+        assert server.show_requests == ["llama3.2", "llama3.2"] and len(server.requests[-1].images) == 1
+        await service.answer([picture_turn(picture)])
+        assert len(server.show_requests) == 2  # a success is kept
+
+
+async def test_ollama_down_for_the_question_is_text_only_not_an_error(unused_tcp_port):
+    settings = Settings(llm=LLMSettings(base_url=f"http://127.0.0.1:{unused_tcp_port}", timeout_s=5))
+    service = ChatService(settings)
+    [answer] = await service.answer([picture_turn(Picture(jpeg_bytes(64, 64)))])
+    assert OFFLINE_NOTE in answer and "a penguin standing on a beach" in answer
+    assert service.vision.check.asked == 1
+
+
+async def test_a_refused_vision_request_is_asked_again_without_the_pictures(caplog):
+    async with FakeOllamaServer() as server:  # a text model, but the operator says "always"
+        service = ChatService(settings_for(server, send_images="always"))
+        progress: list[str] = []
+        [answer] = await service.answer([picture_turn(Picture(jpeg_bytes(64, 64)))], progress.append)
+        assert answer == "I can see 1 image(s) in our chat."
+        assert [(r.refused, len(r.images)) for r in server.requests] == [(True, 1), (False, 0)]
+        assert progress[-1] == answer
+        [record] = [r for r in caplog.records if r.name == "bot.chat.service"]
+        assert record.levelno == logging.WARNING and "refused a request with 1 image(s)" in record.getMessage()
+
+
+async def test_auto_stops_sending_for_a_while_after_a_refusal():
+    async with FakeOllamaServer(capabilities={"llama3.2": ["completion", "vision"]}) as server:
+        service = ChatService(settings_for(server))
+        picture = Picture(jpeg_bytes(64, 64))
+        await service.answer([picture_turn(picture)])  # learns "vision"
+        server.capabilities["llama3.2"] = ["completion"]  # the model was replaced under the same name
+        await service.answer([picture_turn(picture)])
+        await service.answer([picture_turn(picture)])
+        assert [(r.refused, len(r.images)) for r in server.requests] == [(False, 1), (True, 1), (False, 0),
+                                                                          (False, 0)]
+
+
+async def test_pictures_that_cannot_be_read_or_decoded_are_left_out_but_keep_their_line():
+    class Gone(Picture):
+        @property
+        def read(self):
+            async def read() -> bytes:
+                raise ConnectionError("deleted")
+            return read
+
+    async with FakeOllamaServer(capabilities={"llama3.2": ["completion", "vision"]}) as server:
+        service = ChatService(settings_for(server))
+        good = Picture(jpeg_bytes(64, 48))
+        turns = [picture_turn(Picture(b"this is no picture", filename="fake.jpg"), Gone(jpeg_bytes(10, 10)),
+                              Picture(jpeg_bytes(10, 10), size=10**9), good)]
+        [answer] = await service.answer(turns)
+        assert answer == "I can see 4 image(s) in our chat."
+        [request] = server.requests
+        assert [decoded(image).size for image in request.images] == [(64, 48)]
+
+
+async def test_the_decoder_passed_in_is_the_one_used():
+    calls: list[dict] = []
+
+    def decode(data, **kwargs):
+        from bot.imaging import decode_image
+
+        calls.append(kwargs)
+        return decode_image(data, **kwargs)
+
+    async with FakeOllamaServer(capabilities={"llama3.2": ["completion", "vision"]}) as server:
+        settings = settings_for(server, image_max_side=100)
+        await ChatService(settings).answer([picture_turn(Picture(jpeg_bytes(300, 300)))], decode=decode)
+        assert calls == [{"filename": "photo.jpg", "max_bytes": settings.images.max_bytes,
+                          "max_pixels": settings.images.max_pixels, "target_size": 100}]
+        assert decoded(server.requests[0].images[0]).size == (100, 100)
+
+
+async def test_the_pictures_of_one_request_stay_within_the_byte_budget(monkeypatch):
+    import bot.chat.vision as vision
+
+    async with FakeOllamaServer(capabilities={"llama3.2": ["completion", "vision"]}) as server:
+        service = ChatService(settings_for(server))
+        one = len((await service.vision.attach([picture_turn(Picture(jpeg_bytes(64, 64)))]))[0][0])
+        monkeypatch.setattr(vision, "MAX_TOTAL_CHARS", one * 2 + 10)
+        attached = await service.vision.attach([picture_turn(*(Picture(jpeg_bytes(64, 64)) for _ in range(3)))])
+        assert [len(urls) for urls in attached.values()] == [2]

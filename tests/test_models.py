@@ -187,7 +187,7 @@ def test_pipeline_full_record(analyzer, photos):
     assert record.topics and record.caption_topics
     assert len(record.caption_embedding) == 384
     assert len(record.image_embedding) == 32  # the tiny CLIP's embedding size
-    assert set(record.model_ids) == {"captioner", "tagger", "embedder", "sentiment"}
+    assert set(record.model_ids) == {"captioner", "tagger", "embedder", "sentiment", "reader"}
     assert (record.width, record.height) == (512, 512)
     assert analyzer.clip_texts(["a dog"]).shape == (1, 32)
     assert analyzer.analyze([]) == []

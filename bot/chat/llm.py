@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 
+import ollama
 from langchain_core.messages import BaseMessage
 from langchain_ollama import ChatOllama
 
@@ -39,6 +40,10 @@ class LLMUnavailable(UserFacingError):
 
     code = "llm_unavailable"
     default_message = "My language model is offline right now, so I can't chat properly."
+    # True when Ollama (or whatever answers at base_url) answered the request with an error (an HTTP
+    # error status, or an error line in the stream) rather than not answering at all: a request that
+    # carried images may then be worth one more try without them (bot/chat/service.py).
+    rejected: bool = False
 
 
 class LLMTimeout(LLMUnavailable):
@@ -141,4 +146,6 @@ class ChatLLM:
             return LLMModelMissing(model, detail=(
                 f"the chat model {model!r} is not installed on the Ollama server at {self.settings.base_url} "
                 f"(ollama pull {model}); Ollama said: {getattr(exc, 'error', exc)}"))
-        return LLMUnavailable(detail=f"{type(exc).__name__}: {exc}")
+        error = LLMUnavailable(detail=f"{type(exc).__name__}: {exc}")
+        error.rejected = isinstance(exc, ollama.ResponseError)
+        return error

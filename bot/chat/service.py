@@ -9,6 +9,7 @@ from bot.analysis import PENDING_CAPTION
 from bot.chat.conversation import Turn, build_messages
 from bot.chat.llm import ChatLLM, LLMUnavailable
 from bot.chat.splitting import split_message
+from bot.chat.vision import Decode, VisionImages
 from bot.config import Settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,13 @@ class ChatService:
     def __init__(self, settings: Settings, llm: ChatLLM | None = None) -> None:
         self.settings = settings
         self.llm = llm or ChatLLM(settings.llm)
+        # Whether and which pictures a vision model is shown (bot/chat/vision.py); the capability
+        # answer it caches lives as long as this service.
+        self.vision = VisionImages(settings)
 
-    async def answer(self, turns: Sequence[Turn], on_progress: Progress | None = None) -> list[str]:
+    async def answer(
+        self, turns: Sequence[Turn], on_progress: Progress | None = None, *, decode: Decode | None = None
+    ) -> list[str]:
         """Reply chunks, each within Discord's message limit; never raises for LLM trouble.
 
         ``on_progress`` sees the answer grow (the whole text so far, stripped) while it streams; it
@@ -52,23 +58,40 @@ class ChatService:
         final word: if the LLM fails before saying anything, they are the image-analysis fallback;
         if it fails part-way, they are what it said plus :data:`CUT_SHORT_NOTE` (so text someone
         already saw is kept, and only grows).
+
+        Pictures: for a vision model the newest of ``turns``' pictures are attached too (only those:
+        see :mod:`bot.chat.vision`), decoded with ``decode`` (the bot's decode sandbox; the plain
+        decoder in a thread without one). If Ollama refuses that request before saying anything, the
+        same conversation is asked once more without the images (the lines still describe them), with
+        a warning in the log: a picture must never cost the answer.
         """
-        messages = build_messages(self.settings.llm.system_prompt, turns)
-        text = ""
-        try:
-            async for part in self.llm.stream(messages):
-                text += part
-                if on_progress is not None and text.strip():
-                    on_progress(text.strip())
-            if not text.strip():
-                raise LLMUnavailable(detail=f"empty answer from {self.settings.llm.base_url}")
-            text = text.strip()
-        except LLMUnavailable as exc:
-            if text.strip():
-                log.warning("LLM stopped mid-answer (%s), keeping the %d characters it sent: %s",
-                            exc.code, len(text.strip()), exc)
-                text = f"{text.strip()}\n\n{CUT_SHORT_NOTE}"
-            else:
-                log.warning("LLM unavailable (%s), answering from image analysis: %s", exc.code, exc)
-                text = describe_without_llm(turns, note_for(exc))
-        return split_message(text, self.settings.chat.max_reply_chars)
+        attached = await self.vision.attach(turns, decode)
+        system_prompt = self.settings.llm.system_prompt
+        attempts = [build_messages(system_prompt, turns, attached)]
+        if attached:
+            attempts.append(build_messages(system_prompt, turns))
+        for attempt, messages in enumerate(attempts, start=1):
+            text = ""
+            try:
+                async for part in self.llm.stream(messages):
+                    text += part
+                    if on_progress is not None and text.strip():
+                        on_progress(text.strip())
+                if not text.strip():
+                    raise LLMUnavailable(detail=f"empty answer from {self.settings.llm.base_url}")
+                text = text.strip()
+            except LLMUnavailable as exc:
+                if text.strip():
+                    log.warning("LLM stopped mid-answer (%s), keeping the %d characters it sent: %s",
+                                exc.code, len(text.strip()), exc)
+                    text = f"{text.strip()}\n\n{CUT_SHORT_NOTE}"
+                elif exc.rejected and attempt < len(attempts):
+                    log.warning("the chat model %s refused a request with %d image(s) (%s): asking again "
+                                "without them", self.settings.llm.model, sum(map(len, attached.values())), exc)
+                    self.vision.check.refused(self.settings.llm.model)
+                    continue
+                else:
+                    log.warning("LLM unavailable (%s), answering from image analysis: %s", exc.code, exc)
+                    text = describe_without_llm(turns, note_for(exc))
+            return split_message(text, self.settings.chat.max_reply_chars)
+        raise AssertionError("unreachable: the last attempt always returns")

@@ -449,12 +449,21 @@ class InferenceQueue:
     def _decode(self, data: bytes, filename: str | None, tier: str, keep: list[DecodedImage] | None) -> Any:
         """Decode pool: bytes → upright RGB ≤ target_size → model-ready tensors for ``tier`` (when possible)."""
         started = time.perf_counter()
-        decoded = self.decoder.decode(data, filename=filename)
-        if keep is not None:
-            keep.append(decoded)
+        decoded = self.decoder.decode(data, filename=filename, text_size=self._text_size())
+        if keep is not None:  # kept between the tiers: the reader's larger copy is only needed now
+            keep.append(decoded.without_text_image())
         result = self._prepare_for(decoded, tier)
         self.metrics.observe_stage("decode", time.perf_counter() - started)
         return result
+
+    def _text_size(self) -> int:
+        """The reader copy the analyzer wants from the decoder (``Analyzer.text_size``; 0: none).
+
+        Known once the models are loaded: a decode that starts earlier waits for them (the job
+        could not run before anyway), so no picture is read from its small model image instead."""
+        if self._analyzer is None and self._factory is not None:
+            self._loaded.wait(self.settings.job_timeout_s)
+        return int(getattr(self._analyzer, "text_size", 0) or 0)
 
     def _prepare(self, decoded: DecodedImage) -> Any:
         """Decode pool, caption tier: the captioner's pixels for an image decoded earlier."""

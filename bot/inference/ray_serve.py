@@ -312,7 +312,7 @@ class InferenceDeployment:
         ]
 
     def _decode(self, data: bytes, filename: str | None) -> Any:
-        return self.analyzer.prepare(self.decoder.decode(data, filename=filename))
+        return self.analyzer.prepare(self.decoder.decode(data, filename=filename, text_size=self.analyzer.text_size))
 
     def _predict_images(self, items: list[Any]) -> list[ImageAnalysis]:
         if _consume_flag(self.crash_once_file):

@@ -14,7 +14,8 @@ A fast-tier record (:attr:`~bot.analysis.ImageAnalysis.caption_pending`: CLIP's 
 known, the caption not written yet) is flattened the same way with ``caption_pending`` True, an empty
 caption and caption topic, and ``sentiment`` holding the image's own mood. Records written before the
 flag existed have no such key and read back as complete, which they are (so the layout kept its
-:data:`SCHEMA_VERSION`).
+:data:`SCHEMA_VERSION`). The same goes for ``text`` (the words read in the picture): records from
+before the text reader read back with none.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class StoredImage:
     # Fast tier only: no caption yet (``caption`` is "", ``caption_topic`` None, and ``sentiment`` is the
     # image's own mood until the caption tier's record replaces this one).
     caption_pending: bool = False
+    # The words read in the picture (OCR), lines joined by newlines; "" for none. Attacker-controlled:
+    # shown only through :func:`bot.analysis.quote_image_text`.
+    text: str = ""
 
     @property
     def attachment_id(self) -> int:
@@ -168,6 +172,7 @@ def to_metadata(ref: ImageRef, analysis: ImageAnalysis) -> Metadata:
         "height": int(analysis.height),
         "format": analysis.format,
         "caption_pending": bool(analysis.caption_pending),
+        "text": analysis.text,
     }
     for name in SENTIMENT_LABELS:
         meta[f"sentiment_{name}"] = float(analysis.sentiment.scores.get(name, 0.0))
@@ -218,4 +223,5 @@ def from_metadata(meta: Mapping[str, Any]) -> StoredImage:
         height=int(meta.get("height", 0)),
         format=str(meta.get("format", "")),
         caption_pending=bool(meta.get("caption_pending", False)),
+        text=str(meta.get("text", "")),
     )

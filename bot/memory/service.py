@@ -413,7 +413,7 @@ class MemoryService:
         )
         hits = await self.store.search(
             audience.guild_id, text_vector=text_vectors[0], clip_vector=clip_vectors[0],
-            **audience.as_kwargs(), **filters.as_kwargs(), limit=limit,
+            **audience.as_kwargs(), **filters.as_kwargs(), limit=limit, text_query=query,
         )
         self._store_answered()
         return hits

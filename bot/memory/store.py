@@ -88,10 +88,11 @@ from bot.analysis import ImageAnalysis
 from bot.config import Settings
 from bot.errors import MemoryUnavailable
 from bot.memory.records import ImageRef, Metadata, StoredImage, from_metadata, record_id, to_metadata
+from bot.memory.words import WordQuery, searchable_text
 
 log = logging.getLogger(__name__)
 
-SpaceKind = Literal["text", "clip"]
+SpaceKind = Literal["text", "clip", "words"]
 # Keys the clip index carries: everything a search may filter on, nothing it only displays.
 # ("message" too, so that a replayed delete also finds an index entry whose text record is already gone.)
 # ("caption_pending" too: False in a complete record's entry, True in a fast-tier record's full one.)
@@ -126,6 +127,7 @@ class SearchHit:
     clip_rank: int | None  # same in the CLIP image space
     text_similarity: float | None = None
     clip_similarity: float | None = None
+    words_rank: int | None = None  # same among records whose picture text holds the query's words
 
 
 @dataclass(frozen=True)
@@ -475,6 +477,8 @@ class ImageStore:
             ids=list(entries),
             embeddings=np.asarray([a.image_embedding for _, _, a in rows], dtype=np.float32),
             metadatas=list(entries.values()),  # type: ignore[arg-type]
+            # The picture's text (OCR) in its searchable form: /find's word matching reads it.
+            documents=[searchable_text(a.text) for _, _, a in rows],
         )
 
     @_reachable
@@ -603,8 +607,10 @@ class ImageStore:
         until: datetime | None = None,
         limit: int = 10,
         rrf_k: int = RRF_K,
+        text_query: str | None = None,
     ) -> list[SearchHit]:
-        """/find: caption-text similarity and CLIP text→image similarity, fused by reciprocal rank.
+        """/find: caption-text similarity, CLIP text→image similarity and the words written in the
+        pictures, fused by reciprocal rank.
 
         ``text_vector`` is ``Analyzer.embed_texts([query])[0]``, ``clip_vector`` is
         ``Analyzer.clip_texts([query])[0]``; either may be None to search one space only.
@@ -618,6 +624,12 @@ class ImageStore:
         second reading. So a complete record at least as good in both spaces always ranks at least as
         high, a space of only fast-tier records ranks by CLIP, and complete records score as before.
         Its hit says ``text_rank`` None (no rank is made up).
+
+        ``text_query`` (the query as typed) is also matched against the text read in the pictures
+        (:mod:`bot.memory.words`): the pictures whose text holds its words form a third ranked list,
+        fused like the other two. A picture whose text holds a query of two or more words as a phrase
+        comes first, then one holding all of them, then the fused order: someone who types a
+        sentence they saw in a screenshot means that screenshot.
         """
         if text_vector is None and clip_vector is None:
             raise ValueError("search needs a text vector, a CLIP vector or both")
@@ -634,6 +646,12 @@ class ImageStore:
         if clip_vector is not None:
             queries["clip"] = (clip, _vector(clip_vector))
         ranked = self._ranked(clip, queries, filters, visibility, depth=max(2 * limit, 20), enough=limit)
+        words = WordQuery.parse(text_query) if text_query else None
+        tiers: dict[str, int] = {}
+        if words is not None:
+            matches = self._word_matches(clip, words, filters, visibility, depth=max(2 * limit, 20))
+            ranked["words"] = [candidate for candidate, _ in matches]
+            tiers = {candidate.rid: tier for candidate, tier in matches}
 
         fused: dict[str, dict[str, Any]] = {}
         for space, candidates in ranked.items():
@@ -649,7 +667,8 @@ class ImageStore:
                     entry["score"] += 1.0 / (rrf_k + entry["ranks"]["clip"])
         order = sorted(
             fused.items(),
-            key=lambda item: (-item[1]["score"], min(item[1]["ranks"].values()), -int(item[0])),
+            key=lambda item: (-tiers.get(item[0], 0), -item[1]["score"], min(item[1]["ranks"].values()),
+                              -int(item[0])),
         )[:limit]
         records = self._full_records(text, clip, [rid for rid, _ in order])
         return [
@@ -660,6 +679,7 @@ class ImageStore:
                 clip_rank=entry["ranks"].get("clip"),
                 text_similarity=entry["sims"].get("text"),
                 clip_similarity=entry["sims"].get("clip"),
+                words_rank=entry["ranks"].get("words"),
             )
             for rid, entry in order
             if rid in records and visibility.allows(records[rid])  # no text record: an orphaned index entry
@@ -915,6 +935,28 @@ class ImageStore:
                 metas.update(self._index_metas(index, {rid for rid, _ in found[space]} - metas.keys()))
             ranked[space] = kept[:depth]
         return ranked
+
+    def _word_matches(self, index: Collection, words: WordQuery, filters: Filters, visibility: Visibility,
+                      depth: int) -> list[tuple[_Candidate, int]]:
+        """Up to ``depth`` visible records whose picture text holds any of the query's terms, best first,
+        each with its tier (:meth:`WordQuery.match`); the candidate's similarity is the share of terms.
+
+        Chroma finds them by substring (``$contains`` on the stored documents, with the explicit filters
+        in the where-clause, at most :data:`MAX_FETCH`); visibility is then applied to their index keys
+        like every other read. Newer pictures win ties."""
+        needles = [{"$contains": needle} for needle in words.needles]
+        document = needles[0] if len(needles) == 1 else {"$or": needles}
+        found = index.get(where=_where(filters.clauses()), where_document=document,  # type: ignore[arg-type]
+                          include=["documents", "metadatas"], limit=MAX_FETCH)
+        scored: list[tuple[int, float, int, _Candidate]] = []
+        for rid, doc, meta in zip(found["ids"], found["documents"] or [], found["metadatas"] or [], strict=True):
+            if meta is None or not visibility.allows(meta):
+                continue
+            tier, share = words.match(doc or "")
+            if share > 0:
+                scored.append((tier, share, int(meta.get("created_ts", 0)), _Candidate(rid, share, meta)))
+        scored.sort(key=lambda row: (-row[0], -row[1], -row[2], -int(row[3].rid)))
+        return [(candidate, tier) for tier, _, _, candidate in scored[:depth]]
 
     @staticmethod
     def _nearest(collection: Collection, vector: list[float], n: int, where: dict[str, Any] | None

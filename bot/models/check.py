@@ -1,4 +1,9 @@
-"""``models check`` / ``models download``: which configured models are here, fetch the rest."""
+"""``models check`` / ``models download``: which configured models are here, fetch the rest.
+
+A download is planned first (:func:`plan_downloads`: the files and their sizes, from the hub's listing)
+so that the command, and the first start's pre-flight check, can say what will come down and roughly
+how big it is before a multi-GB transfer starts.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,15 @@ from dataclasses import dataclass
 
 from bot.config import Settings
 from bot.models.errors import ModelUnavailable
-from bot.models.hub import fetch_hf, locate_clip, locate_hf, resolve_clip
+from bot.models.hub import (
+    DownloadPlan,
+    Progress,
+    download,
+    locate_clip,
+    locate_hf,
+    plan_clip,
+    plan_hf,
+)
 
 
 @dataclass(frozen=True)
@@ -40,15 +53,37 @@ def check_models(settings: Settings) -> list[ModelStatus]:
     return rows
 
 
-def download_models(settings: Settings) -> list[ModelStatus]:
-    """Fetch every configured model that is not already here (needs internet access)."""
+def plan_downloads(settings: Settings, rows: list[ModelStatus] | None = None, *,
+                   timeout: float | None = None) -> list[DownloadPlan]:
+    """What ``models download`` would fetch for the missing models (asks the hub; needs internet).
+
+    Raises :class:`ModelUnavailable` for a model the hub does not know (or cannot be listed)."""
     models = settings.models
-    for row in check_models(settings):
+    plans = []
+    for row in check_models(settings) if rows is None else rows:
         if row.present:
             continue
         if row.role == "tagger":
-            resolve_clip(settings.resolve_model(models.tagger.model), models.tagger.pretrained,
-                         cache_dir=models.cache_dir, offline=False)
+            plans.append(plan_clip(settings.resolve_model(models.tagger.model), models.tagger.pretrained,
+                                   timeout=timeout))
         else:
-            fetch_hf(row.role, settings.resolve_model(row.model_id), models.cache_dir)
+            plans.append(plan_hf(row.role, settings.resolve_model(row.model_id), timeout=timeout))
+    return plans
+
+
+def download_models(settings: Settings, plans: list[DownloadPlan] | None = None,
+                    progress: Progress | None = None) -> list[ModelStatus]:
+    """Fetch every planned model (default: every configured one not already here); the check afterwards.
+
+    ``progress`` is told a line per model and per file; huggingface_hub draws each file's progress bar
+    on stderr when it is a terminal."""
+    cache = settings.models.cache_dir
+    for plan in plan_downloads(settings) if plans is None else plans:
+        if progress is not None:
+            progress(f"{plan.role} {plan.model_id}: {plan.summary()}")
+        try:
+            download(plan, cache, progress)
+        except Exception as exc:
+            raise ModelUnavailable(plan.role, plan.model_id,
+                                   f"download failed ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
     return check_models(settings)

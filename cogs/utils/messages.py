@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import discord
 
-from bot.chat.conversation import Turn
+from bot.chat.conversation import PictureSource, Turn
 from bot.ingest import ImageIngestor, IncomingImage
 from bot.memory.records import ImageRef
 
@@ -88,12 +88,26 @@ def readable_text(message: discord.Message) -> str:
 
 
 def to_turn(message: discord.Message, bot_user: discord.abc.User, ingestor: ImageIngestor) -> Turn:
+    """One message as a chat turn: its analysed pictures as context lines, and (for vision models) the
+    way to read those that are this message's own attachments again.
+
+    ``pictures`` never holds anything but this message's attachments: the chat cog calls this only for
+    the messages of the conversation (the channel history it read + the message itself), which is the
+    rule that keeps pictures from elsewhere away from the LLM (bot/chat/vision.py). Images linked as
+    embeds keep their line but are not re-downloaded for the model (their size is unknown up front).
+    """
     images = incoming_images(message)
-    analyses = [a for a in (ingestor.known(image) for image in images) if a is not None]
+    known = [(image, ingestor.known(image)) for image in images]
+    analyses = [analysis for _, analysis in known if analysis is not None]
+    from_bot = message.author.id == bot_user.id
+    attachment_ids = {attachment.id for attachment in message.attachments}
+    pictures: list[PictureSource] = [] if from_bot else [
+        image for image, analysis in known if analysis is not None and image.key in attachment_ids]
     return Turn(
         author=message.author.display_name,
         text=readable_text(message),
-        from_bot=message.author.id == bot_user.id,
+        from_bot=from_bot,
         images=analyses,
         unreadable_images=len(images) - len(analyses),
+        pictures=pictures,
     )

@@ -2,6 +2,8 @@
 
 A picture whose caption is not written yet (fast tier) says so in the title, never a blank caption, and
 still shows its labels, topic and mood; the mood is then the picture's own (CLIP), and says so.
+A picture with words in it shows a snippet of them, quoted and defused like in the LLM's context line
+(the text is whatever the picture's maker wrote).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from typing import Any
 
 import discord
 
+from bot.analysis import quote_image_text
 from bot.memory.records import StoredImage
 from bot.memory.store import SearchHit
 from cogs.utils.errors import AnsweringView
 
 PAGE_SIZE = 4  # embeds per page: each carries a thumbnail, so keep pages glanceable
+SNIPPET_CHARS = 200  # of the picture's own text, on its card
 
 
 def image_embed(image: StoredImage, *, index: int, total: int, score: str | None = None) -> discord.Embed:
@@ -33,6 +37,10 @@ def image_embed(image: StoredImage, *, index: int, total: int, score: str | None
                     else image.sentiment)
     if image.topic:
         embed.add_field(name="Topic", value=image.topic)
+    if image.text.strip():
+        snippet = quote_image_text(image.text, SNIPPET_CHARS)
+        embed.add_field(name="Text in the picture", value=discord.utils.escape_markdown(f'"{snippet}"')[:1024],
+                        inline=False)
     embed.set_thumbnail(url=ref.attachment_url)
     footer = f"{index} of {total}"
     embed.set_footer(text=f"{footer} · {score}" if score else footer)

@@ -2,8 +2,18 @@
 
 Implements ``POST /api/chat`` (streaming NDJSON and non-streaming), ``GET /api/tags``,
 ``GET /api/version`` and ``POST /api/show``. Every chat request is recorded, so a test can assert
-on the exact prompt the bot sent (the ``[Image Attached: ...]`` line must be in it). Replies come
+on the exact prompt the bot sent (the ``[Image Attached: ...]`` line must be in it) and on the
+pictures it carried (each message's ``images``, base64: :attr:`ChatRequest.images`). Replies come
 from a callable (canned by default); ``delay_s`` makes the server slow, to exercise timeouts.
+
+Models and their capabilities, as ``/api/show`` reports them: ``model`` plus any name in
+``capabilities`` is installed; ``capabilities[name]`` is the list ``/api/show`` answers
+(``["completion"]`` when not set; ``None`` leaves the key out, like Ollama before 0.6), and a name in
+``projectors`` also gets a ``projector_info`` (older servers' only sign of a vision model). Every
+``/api/show`` is recorded in ``show_requests`` (the model names asked about); ``show_status`` makes
+it answer that HTTP error instead. A chat request with images for a model without ``vision`` is
+refused like Ollama does (500 ``this model is missing data required for image input``) unless
+``refuse_images`` is off; it is still recorded, with ``refused`` set.
 
 Failure modes, as a real Ollama shows them (settable any time, read per request):
 
@@ -19,6 +29,7 @@ Failure modes, as a real Ollama shows them (settable any time, read per request)
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -38,16 +49,34 @@ def canned_reply(messages: list[dict[str, Any]]) -> str:
     return f"I can see {prompt.count('[Image Attached:')} image(s) in our chat."
 
 
+NO_VISION_ERROR = "this model is missing data required for image input"
+
+
 @dataclass
 class ChatRequest:
     model: str
     messages: list[dict[str, Any]]
     stream: bool
     options: dict[str, Any]
+    refused: bool = False  # answered with Ollama's "no image input" error (the model has no vision)
 
     @property
     def prompt_text(self) -> str:
         return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in self.messages)
+
+    @property
+    def images_by_message(self) -> list[list[str]]:
+        """Each message's ``images`` field (base64 strings), in message order (the client leaves out empty ones)."""
+        return [list(m.get("images") or []) for m in self.messages]
+
+    @property
+    def images(self) -> list[str]:
+        """Every picture the request carried (base64), in prompt order."""
+        return [image for images in self.images_by_message for image in images]
+
+    @property
+    def image_bytes(self) -> list[bytes]:
+        return [base64.b64decode(image) for image in self.images]
 
 
 @dataclass
@@ -59,6 +88,11 @@ class FakeOllamaServer:
     pulled: bool = True
     stall: Stall | None = None
     requests: list[ChatRequest] = field(default_factory=list)
+    capabilities: dict[str, list[str] | None] = field(default_factory=dict)
+    projectors: set[str] = field(default_factory=set)
+    show_requests: list[str] = field(default_factory=list)
+    show_status: int | None = None
+    refuse_images: bool = True
     stalled: asyncio.Event = field(default_factory=asyncio.Event)
     resume: asyncio.Event = field(default_factory=asyncio.Event)
     finished: int = 0  # chat responses sent to the end (the last, "done" line written)
@@ -99,6 +133,15 @@ class FakeOllamaServer:
     def _meta(self) -> dict[str, Any]:
         return {"model": self.model, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
+    def installed(self, model: object) -> bool:
+        return self.pulled and (model == self.model or model in self.capabilities)
+
+    def capabilities_of(self, model: str) -> list[str] | None:
+        return self.capabilities.get(model, ["completion"])
+
+    def has_vision(self, model: str) -> bool:
+        return "vision" in (self.capabilities_of(model) or []) or model in self.projectors
+
     def _not_found(self, model: object) -> web.Response:
         # Ollama's words and status for a model that was never pulled (server/routes.go).
         return web.json_response({"error": f"model {json.dumps(model)} not found, try pulling it first"}, status=404)
@@ -109,12 +152,15 @@ class FakeOllamaServer:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        if body.get("model") != self.model or not self.pulled:
+        if not self.installed(body.get("model")):
             return self._not_found(body.get("model"))
         chat = ChatRequest(
             body["model"], body.get("messages", []), bool(body.get("stream", True)), body.get("options") or {}
         )
         self.requests.append(chat)
+        if chat.images and self.refuse_images and not self.has_vision(chat.model):
+            chat.refused = True  # Ollama's runner refuses image input for a text-only model
+            return web.json_response({"error": NO_VISION_ERROR}, status=500)
         if self.delay_s:  # slow, but cut short when the server closes (shutdown waits for handlers)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self.delay_s)
@@ -153,12 +199,13 @@ class FakeOllamaServer:
     async def _tags(self, _: web.Request) -> web.Response:
         if not self.pulled:
             return web.json_response({"models": []})
+        names = [self.model, *(name for name in self.capabilities if name != self.model)]
         return web.json_response(
             {
                 "models": [
                     {
-                        "name": self.model,
-                        "model": self.model,
+                        "name": name,
+                        "model": name,
                         "modified_at": "2026-11-23T00:00:00Z",
                         "size": 1,
                         "digest": "0" * 64,
@@ -169,6 +216,7 @@ class FakeOllamaServer:
                             "quantization_level": "none",
                         },
                     }
+                    for name in names
                 ]
             }
         )
@@ -179,6 +227,16 @@ class FakeOllamaServer:
     async def _show(self, request: web.Request) -> web.Response:
         body = await request.json()
         name = body.get("model", body.get("name"))
-        if name != self.model or not self.pulled:
+        self.show_requests.append(str(name))
+        if self.show_status is not None:
+            return web.json_response({"error": "something went wrong"}, status=self.show_status)
+        if not self.installed(name):
             return self._not_found(name)
-        return web.json_response({"modelfile": "", "parameters": "", "template": "", "details": {}, "model_info": {}})
+        answer: dict[str, Any] = {"modelfile": "", "parameters": "", "template": "", "details": {},
+                                  "model_info": {"general.architecture": "test"}}
+        capabilities = self.capabilities_of(str(name))
+        if capabilities is not None:
+            answer["capabilities"] = capabilities
+        if name in self.projectors:
+            answer["projector_info"] = {"general.architecture": "clip", "clip.has_vision_encoder": True}
+        return web.json_response(answer)
