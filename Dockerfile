@@ -1,36 +1,64 @@
-# imagebot container. CPU by default; for NVIDIA GPUs build with
-#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 -t imagebot:cuda .
-# and run with --gpus all (see docker-compose.yml).
-FROM python:3.11-slim
+# imagebot container images: one Dockerfile, two torch builds (docs/install.md has sizes).
+#   docker build -t imagebot:cpu .                          # CPU-only torch from download.pytorch.org/whl/cpu
+#   docker build --build-arg TORCH=cuda -t imagebot:cuda .  # PyPI's torch 2.14.1 with its CUDA 13.0 libraries
+# Run the CUDA image with --gpus all (NVIDIA driver >= 580 on the host, NVIDIA Container Toolkit); see
+# docker-compose.yml. TORCH also takes a PyTorch index name (cu126, cu128, cu130, ...) or an index URL.
+# The build stage installs into /opt/venv; the runtime stage is the slim base plus that venv, the
+# label sets and config.toml: no compiler, no pip cache, no build/ or egg-info, no test tools.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ENV PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH=cpu
+ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HF_HOME=/models \
-    OMP_WAIT_POLICY=PASSIVE \
-    IMAGEBOT_CONFIG=/app/config.toml
+    PIP_PROGRESS_BAR=off \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
 
-RUN useradd --create-home --uid 10001 imagebot
-WORKDIR /app
+# torch first, in its own layer (the largest one; reused until constraints.txt changes).
+COPY constraints.txt ./
+RUN set -eu; \
+    pins="$(sed -nE 's/^(torch(vision)?==[^[:space:]#;]+).*/\1/p' constraints.txt | tr '\n' ' ')"; \
+    case "$TORCH" in \
+      cuda|pypi) index="" ;; \
+      cpu|cu[0-9]*|rocm[0-9]*|xpu) index="https://download.pytorch.org/whl/$TORCH" ;; \
+      http://*|https://*) index="$TORCH" ;; \
+      *) echo "TORCH=$TORCH: expected cpu, cuda, a PyTorch index name (cu128) or an index URL" >&2; exit 2 ;; \
+    esac; \
+    echo "torch: $pins from ${index:-PyPI}"; \
+    pip install -c constraints.txt ${index:+--index-url "$index"} $pins
 
-# Dependencies first: this layer is reused until pyproject.toml / constraints.txt change.
-COPY pyproject.toml constraints.txt README.md ./
+# The other dependencies: reused until pyproject.toml changes (stub packages stand in for the code).
+COPY pyproject.toml README.md ./
 RUN mkdir -p bot cogs && touch bot/__init__.py cogs/__init__.py \
-    && pip install --extra-index-url "$TORCH_INDEX" -c constraints.txt . \
-    && rm -rf bot cogs
+    && pip install -c constraints.txt . \
+    && pip uninstall -y imagebot
 
 COPY bot bot
 COPY cogs cogs
+RUN pip install --no-deps . \
+    && python -c "import torch, bot.cli; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HOME=/models \
+    OMP_WAIT_POLICY=PASSIVE \
+    IMAGEBOT_CONFIG=/app/config.toml
+RUN useradd --create-home --uid 10001 imagebot
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
 COPY labels labels
 COPY config.toml config.toml
-RUN pip install --no-deps . && mkdir -p /models /app/data && chown -R imagebot:imagebot /models /app/data
+RUN mkdir -p /models /app/data && chown imagebot:imagebot /models /app/data
 
 USER imagebot
-# Model weights (Hugging Face cache) and the bot's data (Chroma, heartbeat) outlive the container.
+# Model weights (Hugging Face cache, ~2.2 GB after the first start) and the bot's data (Chroma,
+# heartbeat) outlive the container.
 VOLUME ["/models", "/app/data"]
 
-HEALTHCHECK --interval=60s --timeout=10s --start-period=300s --retries=3 \
+HEALTHCHECK --interval=60s --timeout=10s --start-period=600s --retries=3 \
     CMD ["python", "-m", "bot", "healthcheck"]
 
 CMD ["python", "-m", "bot", "run"]

@@ -1,12 +1,12 @@
 """``python -m bot``: the command line.
 
     run                      the Discord bot (DISCORD_TOKEN from the environment)
-    console                  the same pipeline and chat in this terminal, no token needed
+    console                  the same pipeline, chat and memory in this terminal, no token needed (docs/console.md)
     serve-ray [...]          deploy the model worker on a Ray cluster (scale-out, docs/scale-out-ray.md)
     healthcheck              exit 0 if a running bot's heartbeat file is fresh (container healthcheck)
     describe IMAGE...        one [Image Attached: ...] line per image (--json: full records)
     models check             which configured models are on this machine
-    models download          fetch the missing ones (needs internet access)
+    models download          fetch the missing ones, saying what and how big first (needs internet access)
     models tiny DIR          tiny random-weight stand-ins + a config using them (offline tests)
     compare [--guild ID]     caption-only vs image-informed sentiment and topic: agreement report
     topics --guild ID        discover topics by clustering the guild's captions (saved for /gallery)
@@ -15,6 +15,9 @@ Known failures (bad config, missing model, unreadable image) print one clear lin
 exit non-zero; a traceback means a bug. ``run`` and ``console`` check label files, model weights,
 the memory backend and Ollama first (bot/preflight.py), so a local problem stops them before any
 Discord login; a rejected token or an unreachable Discord is one line too.
+
+The global options (``--config``, ``-v``) go before or after the subcommand, and every subcommand's
+``--help`` ends with what it reads (environment variables, files, servers), from :data:`READS`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -71,16 +75,22 @@ def _below_warning_from_libraries_on_root(record: logging.LogRecord) -> bool:
 
 
 def _quiet_libraries() -> None:
-    """Keep stdout for results: no download/loading progress bars from HF libraries."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    """No model-*loading* progress bars from transformers (stderr stays for problems), but the hub's
+    *download* bars stay on: a first download is hundreds of MB, and a bar per file, named and sized, is
+    how a user knows it is moving (``HF_HUB_DISABLE_PROGRESS_BARS=1`` still turns them off)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         import transformers
 
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # also switches the hub's bars off...
         transformers.utils.logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - transformers is a hard dependency
         pass
+    from huggingface_hub import constants
+    from huggingface_hub.utils import enable_progress_bars
+
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is not True:
+        enable_progress_bars()  # ...so the download bars come back on here
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -207,12 +217,43 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_models_download(args: argparse.Namespace) -> int:
-    from bot.models.check import download_models
+def _hub_cache(settings: Settings) -> str:
+    from huggingface_hub import constants
 
-    for row in download_models(_settings(args)):
+    return printable_path(settings.models.cache_dir or constants.HF_HUB_CACHE)
+
+
+def cmd_models_download(args: argparse.Namespace) -> int:
+    """Say what will be fetched and how big, then fetch it a file at a time (a bar per file on a terminal)."""
+    from bot.models.check import check_models, download_models, plan_downloads
+    from bot.models.hub import _ensure_hub_reachable, human_size, offline_forced
+
+    settings = _settings(args)
+    rows = check_models(settings)
+    missing = [row for row in rows if not row.present]
+    if not missing:
+        print(f"all {len(rows)} configured models are on this machine; nothing to download")
+        return EXIT_OK
+    if offline_forced(False):
+        print("error: HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it for this command",
+              file=sys.stderr)
+        return EXIT_FAILED
+    _ensure_hub_reachable(missing[0].role, missing[0].model_id)
+    plans = plan_downloads(settings, rows)
+    total = sum(plan.total_bytes for plan in plans)
+    print(f"{'would download' if args.dry_run else 'downloading'} {len(plans)} model(s), about "
+          f"{human_size(total)} in all, into {_hub_cache(settings)}:")
+    width = max(len(plan.model_id) for plan in plans)
+    for plan in plans:
+        print(f"  {plan.role:<10} {plan.model_id:<{width}}  {plan.summary()}")
+    if args.dry_run:
+        return EXIT_OK
+    started = time.perf_counter()
+    rows = download_models(settings, plans, progress=lambda line: print(f"  {line}", flush=True))
+    print(f"downloaded {human_size(total)} in {time.perf_counter() - started:.0f} s")
+    for row in rows:
         print(f"{'ok' if row.present else 'MISSING'} {row.role} {row.model_id} {row.where}")
-    return EXIT_OK
+    return EXIT_OK if all(row.present for row in rows) else EXIT_FAILED
 
 
 def cmd_models_tiny(args: argparse.Namespace) -> int:
@@ -323,9 +364,10 @@ def cmd_console(args: argparse.Namespace) -> int:
     from bot.console import run_console
 
     settings = _settings(args)
-    if not _preflight(settings, memory=False, vibe=False):
+    memory = not args.no_memory
+    if not _preflight(settings, memory=memory, vibe=True):
         return EXIT_FAILED
-    return asyncio.run(run_console(settings))
+    return asyncio.run(run_console(settings, memory=memory))
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -396,9 +438,58 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# What each subcommand reads (and writes), for the end of its --help: a newcomer should not have to
+# read the source to learn that `run` needs $DISCORD_TOKEN or where the memory lives.
+Read = tuple[str, str]
+_CONFIG: Read = ("config", "--config FILE, else $IMAGEBOT_CONFIG, else ./config.toml (else built-in defaults); "
+                           "relative paths in it are relative to the file")
+_MODELS: Read = ("models", "[models]: local folders or Hugging Face ids; downloads go to the Hugging Face cache: "
+                           "[models] cache_dir, else $HF_HUB_CACHE, else $HF_HOME/hub (default "
+                           "~/.cache/huggingface/hub); HF_HUB_OFFLINE=1 or [models] offline = true: never download")
+_LABELS: Read = ("labels", "[models.tagger] labels_dir (default: labels/, shipped with the bot)")
+_MEMORY: Read = ("memory", "[memory]: embedded Chroma in memory.path (default data/chroma), the ingest ledger "
+                           "beside it (data/chroma-ledger.sqlite3); or the Chroma server at [memory] host:port "
+                           '(backend = "http")')
+_LLM: Read = ("chat", "the Ollama server at [llm] base_url (default http://127.0.0.1:11434), model [llm] model")
+_DOWNLOAD: Read = ("network", "the Hugging Face hub ($HF_ENDPOINT, default https://huggingface.co; $HF_TOKEN for "
+                              "gated models); HF_HUB_DISABLE_PROGRESS_BARS=1 hides the per-file progress bars")
+READS: dict[str, tuple[Read, ...]] = {
+    "run": (("DISCORD_TOKEN", "the bot's token (required; never in the config file)"), _CONFIG, _MODELS,
+            _LABELS, _MEMORY, _LLM,
+            ("writes", "[discord] heartbeat_file (default data/heartbeat.json), for `healthcheck`")),
+    "console": (_CONFIG, _MODELS, _LABELS,
+                (_MEMORY[0], _MEMORY[1] + "; the console's pictures have their own space there (docs/console.md)"),
+                _LLM),
+    "serve-ray": (_CONFIG, _MODELS, _LABELS, ("ray", "the cluster at --address, else [inference] ray_address")),
+    "healthcheck": (_CONFIG, ("heartbeat", "[discord] heartbeat_file (default data/heartbeat.json), written by `run`")),
+    "describe": (_CONFIG, _MODELS, _LABELS, ("images", "the IMAGE files")),
+    "models": (_CONFIG, _MODELS),
+    "models check": (_CONFIG, _MODELS),
+    "models download": (_CONFIG, _MODELS, _DOWNLOAD),
+    "models tiny": (("writes", "DIR: tiny random-weight models and DIR/config.toml (reads nothing)"),),
+    "compare": (_CONFIG, _MEMORY),
+    "topics": (_CONFIG, _MEMORY, (_LABELS[0], _LABELS[1] + " (topics.txt)"),
+               (_MODELS[0], "the embedder only; " + _MODELS[1]),
+               ("writes", "the topic model beside the memory: data/chroma-overview/topics-gID.json")),
+}
+
+
+def _epilog(command: str) -> str:
+    """``reads:`` then one wrapped entry per thing read, the name in a column of its own."""
+    import textwrap
+
+    width = max(len(name) for name, _ in READS[command]) + 2
+    lines = ["reads:"]
+    for name, text in READS[command]:
+        lines += textwrap.wrap(text, 100, initial_indent=f"  {name:<{width}}", subsequent_indent=" " * (width + 2))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bot", description="imagebot: a Discord bot that understands pictures"
+        prog="python -m bot", description="imagebot: a Discord bot that understands pictures",
+        epilog="`python -m bot COMMAND --help` ends with what that command reads: DISCORD_TOKEN (run), "
+               "IMAGEBOT_CONFIG / config.toml, the model cache (HF_HOME, models.cache_dir), memory.path, Ollama.",
     )
     parser.add_argument("--config", help="config file (default: $IMAGEBOT_CONFIG, else ./config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -411,18 +502,24 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log progress to stderr")
 
-    def add(group: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return group.add_parser(name, parents=[common], **kwargs)
+    def add(group: argparse._SubParsersAction, name: str, *, reads: str | None = None,
+            **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        return group.add_parser(name, parents=[common], epilog=_epilog(reads or name),
+                                formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     add(commands, "run", help="start the Discord bot (token from $DISCORD_TOKEN)").set_defaults(handler=cmd_run)
-    add(commands, "console", help="chat with the bot in this terminal, no Discord needed").set_defaults(
-        handler=cmd_console
-    )
+    console = add(commands, "console", help="chat with the bot in this terminal, with its memory, no Discord "
+                  "needed (docs/console.md)")
+    console.add_argument("--no-memory", action="store_true",
+                         help="remember nothing: no memory folder or server needed (/find and recall are off)")
+    console.set_defaults(handler=cmd_console)
 
     serve_ray = commands.add_parser(
         "serve-ray", help="deploy the model worker as a Ray Serve app (docs/scale-out-ray.md)",
         description="Options after serve-ray go to the deployer: --address, --autoscale MIN:MAX, --num-cpus, "
-                    "--http-host, --http-port, --no-http, --delete.",
+                    "--http-host, --http-port, --no-http, --delete (and --config, -v).",
+        epilog=_epilog("serve-ray"), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve_ray.add_argument("ray_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     serve_ray.set_defaults(handler=cmd_serve_ray)
@@ -437,13 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = add(commands, "models", help="check, download or fake the models")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    add(model_commands, "check", help="which configured models are present locally").set_defaults(
-        handler=cmd_models_check
-    )
-    add(model_commands, "download", help="download missing models (needs internet)").set_defaults(
-        handler=cmd_models_download
-    )
-    tiny = add(model_commands, "tiny", help="write tiny random-weight stand-in models + config")
+    add(model_commands, "check", reads="models check", help="which configured models are present locally"
+        ).set_defaults(handler=cmd_models_check)
+    download = add(model_commands, "download", reads="models download",
+                   help="download the missing models, saying what and how big first (needs internet)")
+    download.add_argument("--dry-run", action="store_true", help="only say what would be downloaded, and its size")
+    download.set_defaults(handler=cmd_models_download)
+    tiny = add(model_commands, "tiny", reads="models tiny", help="write tiny random-weight stand-in models + config")
     tiny.add_argument("directory", metavar="DIR")
     tiny.set_defaults(handler=cmd_models_tiny)
 
@@ -465,6 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve-ray":  # -v after serve-ray is ours, not the deployer's
+        verbose = {"-v", "--verbose"} & set(args.ray_args)
+        args.ray_args = [arg for arg in args.ray_args if arg not in verbose]
+        args.verbose = args.verbose or bool(verbose)
     setup_logging(verbose=args.verbose, service=args.command == "run")
     _quiet_libraries()
     try:

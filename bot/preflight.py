@@ -22,10 +22,13 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from bot.config import Settings
 from bot.labels import REQUIRED_SETS, LabelSetError, load_label_sets
+
+if TYPE_CHECKING:
+    from bot.models.check import ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +94,8 @@ def check_labels(settings: Settings, *, vibe: bool = False) -> Finding:
 # ----- models ---------------------------------------------------------------------------------
 
 
-def check_model_files(settings: Settings) -> Finding:
-    """Every configured model's weights are here, or may and can be downloaded."""
+def check_model_files(settings: Settings, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Finding:
+    """Every configured model's weights are here, or may and can be downloaded (then: how much)."""
     if settings.inference.backend == "ray":
         return Finding("models", "ok", "models run on the Ray Serve deployment (not checked here)")
     from bot.models.check import check_models
@@ -119,8 +122,24 @@ def check_model_files(settings: Settings) -> Finding:
     except ModelUnavailable as exc:
         return Finding("models", "error", one_line(str(exc)))
     return Finding("models", "warning", (
-        f"{names} {'is' if len(missing) == 1 else 'are'} not on this machine yet and will be downloaded now "
-        "(first start only; `python -m bot models download` does it ahead of time)"))
+        f"{names} {'is' if len(missing) == 1 else 'are'} not on this machine yet and will be downloaded now"
+        f"{_download_size(settings, missing, timeout_s)} (first start only; `python -m bot models download` "
+        "does it ahead of time)"))
+
+
+def _download_size(settings: Settings, missing: list[ModelStatus], timeout_s: float) -> str:
+    """``: about 1.2 GB`` from the hub's file listing, so nobody starts a multi-GB download unawares;
+    empty when the hub does not answer in time (the download itself will then say what is wrong)."""
+    from bot.models.check import plan_downloads
+    from bot.models.errors import ModelUnavailable
+    from bot.models.hub import human_size
+
+    try:
+        plans = plan_downloads(settings, missing, timeout=timeout_s)
+    except ModelUnavailable as exc:
+        log.debug("pre-flight: no download size: %s", exc)
+        return ""
+    return f": about {human_size(sum(plan.total_bytes for plan in plans))}"
 
 
 # ----- memory ---------------------------------------------------------------------------------
@@ -212,13 +231,13 @@ def run_checks(
 ) -> list[Finding]:
     """The checks in order (labels, models, memory, LLM), stopping after the first error.
 
-    ``memory=False`` for console mode (it keeps no memory); ``vibe=True`` for the Discord bot (the
-    /vibe cog reads its own label file when it loads).
+    ``memory=False`` for ``console --no-memory``; ``vibe=True`` for the Discord bot and the console
+    (/vibe reads its own label file, the profile).
     """
     findings: list[Finding] = []
     checks = [
         lambda: check_labels(settings, vibe=vibe),
-        lambda: check_model_files(settings),
+        lambda: check_model_files(settings, timeout_s=timeout_s),
         *([lambda: check_memory(settings, timeout_s=timeout_s)] if memory else []),
         *([lambda: check_llm(settings, timeout_s=timeout_s)] if llm else []),
     ]

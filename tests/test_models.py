@@ -229,7 +229,7 @@ def test_fast_tier_plus_caption_tier_equals_the_full_analysis(analyzer, photos):
         assert record.caption_pending and record.caption == ""
         assert record.caption_embedding == [] and record.caption_topics == []
         assert record.image_sentiment is not None and record.sentiment == record.image_sentiment
-        assert set(record.model_ids) == {"tagger"}
+        assert set(record.model_ids) == {"tagger", "reader"}
         assert set(part.model_ids) == {"captioner", "embedder", "sentiment"}
         completed = record.with_caption(part)
         assert not completed.caption_pending

@@ -70,6 +70,8 @@ async def test_a_vision_model_sees_the_picture_downscaled_as_jpeg(imagebot, disc
     [question] = [m for m in request.messages if m.get("images")]
     assert question is request.messages[-1] and "describe this" in question["content"]
     assert imagebot.services.cache.get(posted.attachments[0].id).context_line() in question["content"]
+    # Decoded in the bot's decode sandbox, like at ingestion: once to analyse it, once for the chat model.
+    assert imagebot.services.decoder.isolate and imagebot.services.decoder.stats.decodes == 2
 
 
 async def test_a_text_model_gets_the_lines_only(imagebot, discord_server, discord_world, photos, ollama):

@@ -68,7 +68,7 @@ target_size``); the bot passes ``services.decoder.decode``."""
 def vision_from_show(answer: object) -> bool:
     """Whether an ``/api/show`` answer describes a model that takes images.
 
-    ``capabilities`` (Ollama 0.6.x and later) is the answer. Servers from before it have no such key;
+    ``capabilities`` (newer Ollama servers) is the answer. Servers from before it have no such key;
     for them a non-empty ``projector_info`` is the signal: Ollama fills it exactly when the model has
     a projector file (llava-style vision models), and its own capability code later counted any model
     with a projector as ``vision``. ``model_info`` alone says nothing (every model has it).

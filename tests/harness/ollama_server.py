@@ -8,7 +8,7 @@ from a callable (canned by default); ``delay_s`` makes the server slow, to exerc
 
 Models and their capabilities, as ``/api/show`` reports them: ``model`` plus any name in
 ``capabilities`` is installed; ``capabilities[name]`` is the list ``/api/show`` answers
-(``["completion"]`` when not set; ``None`` leaves the key out, like Ollama before 0.6), and a name in
+(``["completion"]`` when not set; ``None`` leaves the key out, like older Ollama servers), and a name in
 ``projectors`` also gets a ``projector_info`` (older servers' only sign of a vision model). Every
 ``/api/show`` is recorded in ``show_requests`` (the model names asked about); ``show_status`` makes
 it answer that HTTP error instead. A chat request with images for a model without ``vision`` is
