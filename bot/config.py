@@ -72,7 +72,7 @@ class OcrSettings(_Section):
     max_side: Annotated[int, Field(ge=256, le=4096)] = 1920
     # The cheap first pass: text detection on a copy this small; no box found means no text, and
     # the picture skips the full read (bench/results/ocr_cpu.md).
-    gate_side: Annotated[int, Field(ge=64, le=2048)] = 480
+    gate_side: Annotated[int, Field(ge=64, le=2048)] = 640
     # Recognised lines below this confidence are dropped (photo textures read as junk otherwise).
     min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.6
     # Characters of text kept per picture (the context line shows fewer).

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import shlex
+import re
 import sys
 import tempfile
 import time
@@ -77,12 +77,14 @@ COMMANDS = ("/help", "/image", "/find", "/vibe", "/forget", "/quit", "/exit")
 MEMORY_OFF = "My memory is off in this session (started with --no-memory)."
 
 
+# A word: a quoted string (a path with spaces) or a run of non-spaces. Not shlex: chat is full of
+# apostrophes ("what's this?"), and an unmatched quote must not eat or reshape the text.
+_WORD = re.compile(r"""'([^']*)'|"([^"]*)"|(\S+)""")
+
+
 def split_words(line: str) -> list[str]:
-    """Shell-like words (quotes keep a path with spaces together); plain split if the quotes don't close."""
-    try:
-        return shlex.split(line)
-    except ValueError:
-        return line.split()
+    """The line's words, quotes taken off (``'my cat.jpg'`` is one word)."""
+    return [next(group for group in match.groups() if group is not None) for match in _WORD.finditer(line)]
 
 
 def paths_of(words: Sequence[str]) -> list[Path]:
@@ -91,7 +93,7 @@ def paths_of(words: Sequence[str]) -> list[Path]:
 
 
 def split_paths(line: str) -> tuple[str, list[Path]]:
-    """Separate image paths from the text of a console line.
+    """Separate image paths from the text of a console line (the text keeps its words as typed).
 
     A word is a path when it ends like an image file (``cat.jpg``) whether or not it exists, so that a
     mistyped path is reported rather than chatted about; ``/image`` makes every word after it a path."""
@@ -99,12 +101,12 @@ def split_paths(line: str) -> tuple[str, list[Path]]:
     if words and words[0] == "/image":
         return "", paths_of(words[1:])
     paths, text = [], []
-    for word in words:
-        candidate = Path(word).expanduser()
-        if candidate.suffix.lower() in IMAGE_SUFFIXES:
-            paths.append(candidate)
+    for match in _WORD.finditer(line):
+        word = next(group for group in match.groups() if group is not None)
+        if Path(word).suffix.lower() in IMAGE_SUFFIXES:
+            paths.append(Path(word).expanduser())
         else:
-            text.append(word)
+            text.append(match.group(0))
     return " ".join(text), paths
 
 

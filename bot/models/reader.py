@@ -5,11 +5,13 @@ ship inside the ``rapidocr`` wheel, so this role never downloads anything and th
 its real weights.
 
 Most pictures people post are photos with no text, so a read starts with a **gate**: text detection
-alone on a copy at most ``gate_side`` pixels long (~20 ms p50 on a 2-core CPU at 480 px against
-~100 ms at the detector's own 736 px, ``bench/results/ocr_cpu.md``). No box there means no text and
-the picture costs nothing more; otherwise the full pipeline runs on the ``max_side`` copy. Lines read
-with less than ``min_confidence`` are dropped: photo textures that pass the gate mostly read as
-short, low-confidence junk.
+alone on a copy at most ``gate_side`` pixels long (``bench/results/ocr_cpu.md`` has the costs). No
+box there means no text and the picture costs nothing more; otherwise the full pipeline runs on the
+``max_side`` copy. The gate's size is set by screenshots: a 1920 px wide screenshot's 14-16 px text
+is ~5 px at 640 and still found, but lost at 480 (measured while choosing the default). Lines read
+with less than ``min_confidence`` are dropped, and so are lines with fewer than two letters or digits
+unless read with :data:`SHORT_LINE_CONFIDENCE`: photo textures that pass the gate mostly read as a
+lone, doubtful character.
 
 The reader gets the grayscale copy :func:`bot.imaging.decode_image` makes when asked for one
 (``text_size``): the models' 384 px image is far too small for screenshot text, and gray is a third
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: What records say read the text (model_ids["reader"]).
 MODEL_ID = "rapidocr/PP-OCRv6-small"
+#: A line with fewer than two letters/digits is kept only when read at least this surely.
+SHORT_LINE_CONFIDENCE = 0.9
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class TextReader:
 
     model_id = MODEL_ID
 
-    def __init__(self, *, gate_side: int = 480, max_side: int = 1920, min_confidence: float = 0.6,
+    def __init__(self, *, gate_side: int = 640, max_side: int = 1920, min_confidence: float = 0.6,
                  max_chars: int = 1000) -> None:
         from rapidocr import RapidOCR
 
@@ -103,8 +107,13 @@ class TextReader:
             result = self._engine(pixels)
         texts = getattr(result, "txts", None) or ()
         scores = getattr(result, "scores", None) or ()
-        return [TextLine(text, float(score)) for text, score in zip(texts, scores, strict=False)
-                if float(score) >= self.min_confidence and text.strip()]
+        lines = [TextLine(text.strip(), float(score)) for text, score in zip(texts, scores, strict=False)]
+        return [line for line in lines if self._keeps(line)]
+
+    def _keeps(self, line: TextLine) -> bool:
+        if line.confidence < self.min_confidence or not line.text:
+            return False
+        return sum(char.isalnum() for char in line.text) >= 2 or line.confidence >= SHORT_LINE_CONFIDENCE
 
 
 def _pixels(image: Image.Image, longest: int) -> np.ndarray:
