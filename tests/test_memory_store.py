@@ -818,3 +818,41 @@ def test_a_hung_server_times_out_instead_of_blocking_forever(tmp_path, chroma_pr
     finally:
         chroma_process.process.send_signal(signal.SIGCONT)
     assert store.count(GUILD_A) == 1
+
+
+# ----- the words written in pictures -----
+
+def with_text(full: ImageAnalysis, text: str) -> ImageAnalysis:
+    return replace(full, text=text)
+
+
+def test_words_in_a_picture_rank_it_first_and_respect_visibility_and_filters(store):
+    query_text, query_clip = random_vector(TEXT_DIM), random_vector(CLIP_DIM)
+    # Ten pictures that match the query's vectors far better than the screenshot does.
+    store.upsert_many([(ref(100 + i), analysis(near(query_text, 0.1), near(query_clip, 0.1))) for i in range(10)])
+    store.upsert(ref(200), with_text(analysis(), "psql: error: Connection REFUSED!"))
+    store.upsert(ref(201), with_text(analysis(), "refused: no connection"))  # both words, not the phrase
+    store.upsert(ref(202, channel=PRIVATE), with_text(analysis(), "connection refused"))  # hidden from alice
+    store.upsert(ref(203, author=BOB), with_text(fast(analysis()), "connection refused again"))  # caption pending
+    hits = search(store, text=query_text, clip=query_clip, visible={PUBLIC}, text_query="connection refused")
+    assert set(ids(hits)[:2]) == {200, 203} and ids(hits)[2] == 201  # the phrase first, then both words
+    screenshot = next(hit for hit in hits if hit.image.attachment_id == 200)
+    assert screenshot.words_rank in (1, 2) and screenshot.image.text == "psql: error: Connection REFUSED!"
+    assert 202 not in ids(hits)  # a hidden channel stays hidden, whatever its picture says
+    assert ids(search(store, text=query_text, clip=query_clip, visible={PUBLIC}, author_id=ALICE,
+                      text_query="connection refused"))[:2] == [200, 201]
+    # Without the words the vectors decide.
+    assert ids(search(store, text=query_text, clip=query_clip, visible={PUBLIC}))[0] < 200
+    # The complete record replacing the fast-tier one keeps its words findable.
+    store.upsert(ref(203, author=BOB), with_text(analysis(), "connection refused again"))
+    assert 203 in ids(search(store, text=query_text, clip=query_clip, visible={PUBLIC}, text_query="connection refused"))
+
+
+def test_words_in_pictures_over_http(tmp_path, chroma_server):
+    """The documents and ``$contains`` matching work the same against a real Chroma server."""
+    store = ImageStore.open(settings_for(tmp_path, backend="http", port=chroma_server, collection_prefix="words"))
+    store.upsert_many([(ref(1 + i), analysis()) for i in range(5)])
+    store.upsert(ref(9), with_text(analysis(), "Meeting moved to 5pm"))
+    hits = search(store, text=random_vector(TEXT_DIM), clip=random_vector(CLIP_DIM), visible={PUBLIC},
+                  text_query="meeting moved to 5pm")
+    assert ids(hits)[0] == 9 and hits[0].words_rank == 1
