@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bot.config import OcrSettings
 from bot.decode_sandbox import DecodeSandbox
 from bot.imaging import DEFAULT_TARGET_SIZE, ImageRejected
 from tests.harness.bot_process import proc_status_bytes
@@ -49,13 +50,15 @@ class Outcome:
     frame_count: int = 0
     animated: bool = False
     seconds: float = 0.0
+    text_mode: str = ""
 
 
 def decode_case(sandbox: DecodeSandbox, data: bytes, filename: str | None = None) -> Outcome:
     """THE SEAM: decode one untrusted file the way production does, through the decoder sandbox."""
     start = time.perf_counter()
     try:
-        result = sandbox.decode(data, filename=filename)
+        # With the text reader's grayscale copy, as the queue asks for it (models.ocr.max_side).
+        result = sandbox.decode(data, filename=filename, text_size=OcrSettings().max_side)
     except ImageRejected as exc:
         outcome = Outcome("rejected", code=exc.code, message=exc.user_message)
     except BaseException:  # a traceback is exactly what this test exists to find
@@ -68,6 +71,7 @@ def decode_case(sandbox: DecodeSandbox, data: bytes, filename: str | None = None
             original_size=result.original_size,
             frame_count=result.frame_count,
             animated=result.animated,
+            text_mode="" if result.text_image is None else result.text_image.mode,
         )
     return dataclasses.replace(outcome, seconds=time.perf_counter() - start)
 
@@ -129,6 +133,8 @@ def check(case: Case, outcome: Outcome) -> str | None:
     problems = []
     if outcome.mode != "RGB":
         problems.append(f"mode {outcome.mode}")
+    if outcome.text_mode != "L":
+        problems.append(f"reader copy mode {outcome.text_mode or 'missing'}")
     if not (1 <= width <= DEFAULT_TARGET_SIZE and 1 <= height <= DEFAULT_TARGET_SIZE):
         problems.append(f"size {outcome.size}")
     if min(outcome.original_size) < 1:

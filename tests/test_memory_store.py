@@ -845,7 +845,8 @@ def test_words_in_a_picture_rank_it_first_and_respect_visibility_and_filters(sto
     assert ids(search(store, text=query_text, clip=query_clip, visible={PUBLIC}))[0] < 200
     # The complete record replacing the fast-tier one keeps its words findable.
     store.upsert(ref(203, author=BOB), with_text(analysis(), "connection refused again"))
-    assert 203 in ids(search(store, text=query_text, clip=query_clip, visible={PUBLIC}, text_query="connection refused"))
+    again = search(store, text=query_text, clip=query_clip, visible={PUBLIC}, text_query="connection refused")
+    assert 203 in ids(again)
 
 
 def test_words_in_pictures_over_http(tmp_path, chroma_server):
