@@ -110,3 +110,9 @@ async def test_find_puts_the_screenshot_with_the_phrase_first_among_50_pictures(
     # The screenshot holding both words, but not as the phrase, comes right after it.
     second = found.embeds[1]
     assert "no connection" in next(f["value"] for f in second["fields"] if f["name"] == "Text in the picture")
+
+    # Asked in plain chat, the same words find the same screenshot.
+    await server.post_message(world.general, world.bob,
+                              f"<@{server.bot_user.id}> show me the screenshot that says connection refused")
+    answer = await server.wait_for_message(world.general, predicate=lambda m: bool(m.embeds), timeout=30)
+    assert answer.embeds[0]["thumbnail"]["url"] == target.attachments[0].url

@@ -104,3 +104,6 @@ def test_word_query_tiers():
     assert one_word is not None and one_word.terms == ("dog",)
     assert one_word.match(searchable_text("hot dog")) == (0, 1.0)  # one word is a hint, never first place
     assert WordQuery.parse("the picture of the") is None
+    said = WordQuery.parse("show me the screenshot that says meeting moved to 5pm")
+    assert said is not None and said.phrase == " meeting moved to 5pm "
+    assert said.match(searchable_text("Meeting moved to 5PM!"))[0] == 2

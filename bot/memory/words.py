@@ -38,7 +38,9 @@ def searchable_text(text: str) -> str:
 class WordQuery:
     """A /find query as word matching sees it."""
 
-    phrase: str  # every word of the query, in order, in the stored form (" meeting moved to 5pm ")
+    # The query's words in order, in the stored form, from its first to its last term
+    # ("the screenshot that says meeting moved to 5pm" → " meeting moved to 5pm ").
+    phrase: str
     terms: tuple[str, ...]  # the words that say something (stopwords dropped), each once
 
     @classmethod
@@ -48,7 +50,10 @@ class WordQuery:
         terms = tuple(dict.fromkeys(word for word in words if word not in STOPWORDS))
         if not terms:
             return None
-        return cls(phrase=f" {' '.join(words)} ", terms=terms)
+        # The phrase without the talk around it: "says connection refused" looks for "connection refused".
+        kept = [i for i, word in enumerate(words) if word not in STOPWORDS]
+        phrase = words[kept[0]:kept[-1] + 1]
+        return cls(phrase=f" {' '.join(phrase)} ", terms=terms)
 
     @property
     def needles(self) -> list[str]:
