@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from langchain_core.messages import BaseMessage
+
 from bot.analysis import PENDING_CAPTION
 from bot.chat.conversation import Turn, build_messages
 from bot.chat.llm import ChatLLM, LLMUnavailable
@@ -67,31 +69,32 @@ class ChatService:
         """
         attached = await self.vision.attach(turns, decode)
         system_prompt = self.settings.llm.system_prompt
-        attempts = [build_messages(system_prompt, turns, attached)]
-        if attached:
-            attempts.append(build_messages(system_prompt, turns))
-        for attempt, messages in enumerate(attempts, start=1):
-            text = ""
-            try:
-                async for part in self.llm.stream(messages):
-                    text += part
-                    if on_progress is not None and text.strip():
-                        on_progress(text.strip())
-                if not text.strip():
-                    raise LLMUnavailable(detail=f"empty answer from {self.settings.llm.base_url}")
-                text = text.strip()
-            except LLMUnavailable as exc:
-                if text.strip():
-                    log.warning("LLM stopped mid-answer (%s), keeping the %d characters it sent: %s",
-                                exc.code, len(text.strip()), exc)
-                    text = f"{text.strip()}\n\n{CUT_SHORT_NOTE}"
-                elif exc.rejected and attempt < len(attempts):
-                    log.warning("the chat model %s refused a request with %d image(s) (%s): asking again "
-                                "without them", self.settings.llm.model, sum(map(len, attached.values())), exc)
-                    self.vision.check.refused(self.settings.llm.model)
-                    continue
-                else:
-                    log.warning("LLM unavailable (%s), answering from image analysis: %s", exc.code, exc)
-                    text = describe_without_llm(turns, note_for(exc))
-            return split_message(text, self.settings.chat.max_reply_chars)
-        raise AssertionError("unreachable: the last attempt always returns")
+        text, error = await self._stream(build_messages(system_prompt, turns, attached), on_progress)
+        if error is not None and not text and error.rejected and attached:
+            log.warning("the chat model %s refused a request with %d image(s) (%s): asking again without them",
+                        self.settings.llm.model, sum(map(len, attached.values())), error)
+            self.vision.check.refused(self.settings.llm.model)
+            text, error = await self._stream(build_messages(system_prompt, turns), on_progress)
+        if error is not None and text:
+            log.warning("LLM stopped mid-answer (%s), keeping the %d characters it sent: %s",
+                        error.code, len(text), error)
+            text = f"{text}\n\n{CUT_SHORT_NOTE}"
+        elif error is not None:
+            log.warning("LLM unavailable (%s), answering from image analysis: %s", error.code, error)
+            text = describe_without_llm(turns, note_for(error))
+        return split_message(text, self.settings.chat.max_reply_chars)
+
+    async def _stream(self, messages: list[BaseMessage], on_progress: Progress | None
+                      ) -> tuple[str, LLMUnavailable | None]:
+        """The answer's text (stripped) and, if the LLM failed, why; what it said before failing is kept."""
+        text = ""
+        try:
+            async for part in self.llm.stream(messages):
+                text += part
+                if on_progress is not None and text.strip():
+                    on_progress(text.strip())
+        except LLMUnavailable as exc:
+            return text.strip(), exc
+        if not text.strip():
+            return "", LLMUnavailable(detail=f"empty answer from {self.settings.llm.base_url}")
+        return text.strip(), None
