@@ -50,6 +50,10 @@ QUIET_LOGGERS = (
     "huggingface_hub", "filelock", "PIL", "matplotlib", "discord.client",
 )
 
+# Loggers whose warnings the console's answer itself puts in words ("My language model is offline right
+# now", "The story part was skipped"): in the console they would print the same news twice, mid-transcript.
+CONSOLE_ANSWERED_LOGGERS = ("bot.chat", "bot.vibe")
+
 
 def setup_logging(*, verbose: bool, service: bool) -> None:
     """stderr logging: WARNING and up, or INFO with ``-v``; ``service`` (``run``) logs the bot's own
@@ -367,6 +371,9 @@ def cmd_console(args: argparse.Namespace) -> int:
     memory = not args.no_memory
     if not _preflight(settings, memory=memory, vibe=True):
         return EXIT_FAILED
+    if not args.verbose:  # the console's own answers already say it (the LLM is offline, a story was skipped)
+        for name in CONSOLE_ANSWERED_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     return asyncio.run(run_console(settings, memory=memory))
 
 

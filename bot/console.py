@@ -15,7 +15,8 @@ core functions the cogs call, so what it shows is what Discord would get:
 The memory: the console is one user (:data:`CONSOLE_USER_ID`) talking to the bot in DMs, so its pictures
 live in that user's DM space of the configured memory (``[memory]``: embedded Chroma at ``memory.path``
 by default), which no guild and no Discord user can reach, and stay there between sessions. The same
-picture shown twice is one record (its id is a hash of its bytes), refreshed with the newer path and time.
+picture shown twice is one record: its id is a hash of its bytes (a later session's showing updates its
+path and time; within a session it is not analysed or stored again).
 Do not run the console and the bot on the same *embedded* memory folder at once: Chroma's embedded
 client is single-process (the HTTP backend has no such limit).
 
@@ -48,7 +49,7 @@ from bot.memory.intent import SearchIntent, detect_search_intent
 from bot.memory.records import ImageRef, StoredImage
 from bot.memory.service import Audience, Filters
 from bot.memory.store import SearchHit
-from bot.services import Services, memory_phase
+from bot.services import Services, memory_phase, shown_path
 
 if TYPE_CHECKING:
     from bot.vibe import VibeScorer
@@ -64,6 +65,7 @@ VIBE_CHART = "imagebot-vibe-compare.png"
 BANNER = ("imagebot console: type a message, put image paths in it to show pictures. "
           "/help lists the commands, /quit leaves.")
 HELP = """\
+commands:
   PATH [more text]        show pictures (any image path in a line attaches it) and chat about them
   /image PATH...          show files whatever their names end with
   show me the cat picture from earlier
@@ -155,7 +157,7 @@ def file_of(image: StoredImage) -> str:
     url = image.ref.attachment_url
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
-        return _printable(urllib.request.url2pathname(parsed.path))
+        return _printable(shown_path(Path(urllib.request.url2pathname(parsed.path))))
     return url
 
 
@@ -209,10 +211,11 @@ class Console:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def reply(self, text: str) -> None:
-        """The bot's answer, remembered as its turn of the conversation."""
+    def reply(self, text: str, *, remembered: str | None = None) -> None:
+        """The bot's answer, remembered as its turn of the conversation (as ``remembered`` when given:
+        what the LLM should know it said, e.g. which files a search listed)."""
         self.say(f"imagebot> {text}")
-        self.turns.append(Turn(author="imagebot", text=text, from_bot=True))
+        self.turns.append(Turn(author="imagebot", text=text if remembered is None else remembered, from_bot=True))
 
     # ----- one line -----
 
@@ -228,6 +231,11 @@ class Console:
             await self.vibe(paths_of(words[1:]))
         elif command == "/forget":
             await self.forget(confirmed=forget_asked and words[1:] == ["yes"])
+        elif command == "/image" and len(words) == 1:
+            self.say("  usage: /image PATH...")
+        elif command.startswith("/") and command.count("/") == 1 and command not in COMMANDS \
+                and not split_paths(command)[1]:  # "/fnd cat" is a typo, "/cat.jpg" a picture
+            self.say(f"  unknown command {_printable(words[0])}: /help lists the commands")
         else:
             await self.post(line)
 
@@ -319,7 +327,8 @@ class Console:
         if found is None:
             return
         if not found:
-            self.reply(f"I couldn't find any pictures matching “{query.strip()}”.")
+            self.reply(f"I couldn't find any pictures matching “{query.strip()}”." if query.strip()
+                       else "I don't remember any pictures from the console yet.")
             return
         self._show(f"Pictures matching “{query.strip()}”:" if query.strip() else "The newest pictures:", found)
 
@@ -335,7 +344,8 @@ class Console:
             return None
 
     def _show(self, heading: str, results: Sequence[SearchHit | StoredImage]) -> None:
-        self.reply(heading + " " + ", ".join(file_of(r.image if isinstance(r, SearchHit) else r) for r in results))
+        names = ", ".join(r.ref.filename for r in (r.image if isinstance(r, SearchHit) else r for r in results))
+        self.reply(heading, remembered=f"{heading} {names}")
         for number, result in enumerate(results, start=1):
             self.say(result_line(number, result))
 

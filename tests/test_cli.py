@@ -408,3 +408,222 @@ def test_global_options_are_accepted_after_the_subcommand(tmp_path, capsys):
                  ["models", "check", "-v", "--config", str(missing)]):
         assert main(argv) == 2
         assert f"config file not found: {missing}" in capsys.readouterr().err
+
+
+def test_global_options_before_or_after_any_subcommand(tmp_path, capsys):
+    from bot.cli import main
+
+    missing = tmp_path / "nowhere.toml"
+    for argv in (["console", "--no-memory", "--config", str(missing)], ["-v", "describe", "x.jpg", "--config",
+                 str(missing)], ["models", "download", "--dry-run", "-v", "--config", str(missing)],
+                 ["compare", "--config", str(missing), "--json"], ["healthcheck", "--config", str(missing)]):
+        assert main(argv) == 2, argv
+        assert f"config file not found: {missing}" in capsys.readouterr().err
+
+
+# ----- --help: what each subcommand reads ------------------------------------------------------------
+
+
+def subcommands(parser) -> dict[str, object]:
+    """Every (nested) subcommand's parser by its full name: ``models download``."""
+    import argparse
+
+    found: dict[str, object] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = sub
+                found.update({f"{name} {inner}": p for inner, p in subcommands(sub).items()})
+    return found
+
+
+def test_every_subcommand_help_says_what_it_reads(capsys):
+    from bot.cli import READS, build_parser, main
+
+    assert set(subcommands(build_parser())) == set(READS)  # a new subcommand needs its "reads:" too
+    expected = {
+        "run": ["DISCORD_TOKEN", "IMAGEBOT_CONFIG", "./config.toml", "HF_HOME", "cache_dir", "HF_HUB_OFFLINE",
+                "labels_dir", "memory.path", "data/chroma", "[llm] base_url", "heartbeat_file"],
+        "console": ["IMAGEBOT_CONFIG", "./config.toml", "HF_HOME", "memory.path", "[llm] base_url", "--no-memory",
+                    "docs/console.md"],
+        "models download": ["IMAGEBOT_CONFIG", "HF_HOME", "HF_HUB_CACHE", "cache_dir", "HF_ENDPOINT", "HF_TOKEN",
+                            "HF_HUB_DISABLE_PROGRESS_BARS", "--dry-run"],
+        "models check": ["IMAGEBOT_CONFIG", "HF_HOME"],
+        "describe": ["IMAGEBOT_CONFIG", "HF_HOME", "labels_dir"],
+        "healthcheck": ["IMAGEBOT_CONFIG", "heartbeat_file"],
+        "compare": ["IMAGEBOT_CONFIG", "memory.path"],
+        "topics": ["IMAGEBOT_CONFIG", "memory.path", "topics.txt"],
+        "serve-ray": ["IMAGEBOT_CONFIG", "ray_address"],
+        "models tiny": ["DIR"],
+    }
+    for command, words in expected.items():
+        with pytest.raises(SystemExit) as exit_:
+            main([*command.split(), "--help"])
+        assert exit_.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())  # wrapped lines joined
+        assert "reads:" in out, command
+        for word in words:
+            assert word in out, (command, word)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "DISCORD_TOKEN" in capsys.readouterr().out
+
+
+# ----- models download: a plan with sizes first, then a file at a time ----------------------------------
+# Against a local stand-in for the Hugging Face hub (the few endpoints huggingface_hub uses to list a repo
+# and download a file), serving the tiny models' folders as repos.
+
+
+class FakeHub:
+    """``GET /api/models/REPO`` (the file listing, with sizes) and ``HEAD``/``GET /REPO/resolve/REV/FILE``."""
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
+        self.repos = repos
+        self.requests: list[tuple[str, str]] = []
+        self.port = 0
+        self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FakeHub:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/api/models/{org}/{name}", self._info)
+        app.router.add_get("/api/models/{org}/{name}/revision/{rev}", self._info)
+        app.router.add_route("*", "/{org}/{name}/resolve/{rev}/{path:.+}", self._file)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+    def _repo(self, request):
+        from aiohttp import web
+
+        repo = f"{request.match_info['org']}/{request.match_info['name']}"
+        self.requests.append((request.method, request.path))
+        if repo not in self.repos:
+            raise web.HTTPNotFound(headers={"X-Error-Code": "RepoNotFound"})
+        return repo, self.repos[repo]
+
+    async def _info(self, request):
+        from aiohttp import web
+
+        repo, files = self._repo(request)
+        return web.json_response({"id": repo, "sha": self.COMMIT, "siblings": [
+            {"rfilename": name, "size": len(data)} for name, data in files.items()]})
+
+    async def _file(self, request):
+        import hashlib
+
+        from aiohttp import web
+
+        _, files = self._repo(request)
+        data = files[request.match_info["path"]]
+        headers = {"X-Repo-Commit": self.COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                   "X-Linked-Size": str(len(data))}
+        if request.method == "HEAD":
+            return web.Response(headers=headers)
+        return web.Response(body=data, headers=headers)
+
+
+def served(folder: Path) -> dict[str, bytes]:
+    """A tiny model folder as a hub repo, plus copies the download must skip (TF/Flax weights)."""
+    files = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    return {**files, "tf_model.h5": b"x" * 5000, "flax_model.msgpack": b"x" * 5000}
+
+
+async def run_cli_async(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, cwd=ROOT, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=240)
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_models_download_says_what_and_how_big_then_fetches_each_file(tmp_path, tiny_models_dir):
+    from bot.models.hub import human_size
+
+    repos = {"test/tiny-blip": served(tiny_models_dir / "tiny-random-blip"),
+             "test/tiny-sentiment": served(tiny_models_dir / "tiny-random-sentiment")}
+    cache = tmp_path / "hf-cache"
+    config = write_config(tmp_path, tiny_models_dir, models={
+        "offline": False, "cache_dir": str(cache),
+        "captioner": {"model": "test/tiny-blip"}, "sentiment": {"model": "test/tiny-sentiment"}})
+    wanted = {repo: {name: data for name, data in files.items() if not name.endswith((".h5", ".msgpack"))}
+              for repo, files in repos.items()}
+    sizes = {repo: sum(map(len, files.values())) for repo, files in wanted.items()}
+
+    async with FakeHub(repos) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        code, out, err = await run_cli_async("models", "download", "--dry-run", "--config", str(config), env=env)
+        assert (code, err) == (0, ""), err
+        assert not cache.exists()  # a dry run fetches nothing
+        code, out, err = await run_cli_async("models", "download", "--config", str(config), env=env)
+        fetched = [path for method, path in hub.requests if method == "GET" and "/resolve/" in path]
+        code_after, checked, _ = await run_cli_async("models", "check", "--config", str(config),
+                                                     env={"HF_HUB_OFFLINE": "1"})
+    assert (code, err) == (0, ""), err
+    lines = out.splitlines()
+    assert lines[0] == (f"downloading 2 model(s), about {human_size(sum(sizes.values()))} in all, "
+                        f"into {cache}:")
+    blip, senti = len(wanted["test/tiny-blip"]), len(wanted["test/tiny-sentiment"])
+    blip_size = re.escape(human_size(sizes["test/tiny-blip"]))
+    assert re.fullmatch(rf"  captioner\s+test/tiny-blip\s+{blip} files, {blip_size}", lines[1]), lines[1]
+    assert re.fullmatch(rf"  sentiment\s+test/tiny-sentiment\s+{senti} files, .* kB", lines[2]), lines[2]
+    # Then a line per model and per file, with its size (a progress bar each, on a terminal).
+    assert f"  captioner test/tiny-blip: {blip} files, {human_size(sizes['test/tiny-blip'])}" in lines
+    weights = human_size(len(wanted["test/tiny-blip"]["model.safetensors"]))
+    assert any(re.fullmatch(rf"  \[\d/{blip}\] model\.safetensors \({re.escape(weights)}\)", line) for line in lines)
+    assert len(fetched) == blip + senti and not any(path.endswith((".h5", ".msgpack")) for path in fetched)
+    assert re.search(r"^ok captioner test/tiny-blip ", out, re.M) and re.search(r"^ok sentiment ", out, re.M)
+    # What came down is where the bot looks, offline.
+    assert code_after == 0, checked
+    assert checked.count("ok ") == 4
+
+
+def test_human_sizes_read_like_the_progress_bars():
+    from bot.models.hub import human_size
+
+    assert [human_size(n) for n in (0, 999, 4_600, 990_300_000, 1_234_000_000, None)] == [
+        "0 B", "999 B", "4.6 kB", "990.3 MB", "1.2 GB", "size unknown"]
+
+
+def test_models_download_with_everything_here_downloads_nothing(tiny_config_path):
+    result = run_cli("models", "download", "--config", str(tiny_config_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "all 4 configured models are on this machine; nothing to download\n"
+
+
+def test_models_download_with_downloads_switched_off(tmp_path, tiny_models_dir):
+    config = write_config(tmp_path, tiny_models_dir, models={"captioner": {"model": "test/tiny-blip"}})
+    result = run_cli("models", "download", "--config", str(config))  # run_cli sets HF_HUB_OFFLINE=1
+    assert result.returncode == 1
+    assert one_error_line(result.stderr).startswith("error: HF_HUB_OFFLINE is set")
+
+
+async def test_run_says_what_it_loads_and_how_long_it_took(discord_server, ollama, cli_main, caplog, monkeypatch,
+                                                            tmp_path, tiny_models_dir):
+    import logging
+
+    discord_server.gateway.privileged_intents_allowed = False  # stops the run once the services have started
+    config = write_config(tmp_path, tiny_models_dir, llm={"base_url": ollama.base_url, "model": ollama.model})
+    monkeypatch.setenv("DISCORD_TOKEN", discord_server.token)
+    with caplog.at_level(logging.INFO, logger="bot.services"):
+        assert await cli_main("--config", str(config), "run") == 1
+    phases = [r.getMessage() for r in caplog.records if r.name == "bot.services"]
+    assert len(phases) == 2, phases
+    assert re.fullmatch(r"loading models \(captioner, tagger, embedder, sentiment(, reader)?\)… done in \d+\.\d s",
+                        phases[0])
+    assert re.fullmatch(rf"opening memory at {re.escape(str(tmp_path / 'chroma'))}… done in \d+\.\d s", phases[1])

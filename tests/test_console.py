@@ -12,8 +12,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 from bot.analysis import CONTEXT_PREFIX
 from bot.console import CONSOLE_USER_ID, picture_id, read_picture, split_paths
 from tests.harness.ollama_server import FakeOllamaServer
@@ -108,7 +106,11 @@ async def test_console_transcript(tiny_models_dir, photos, tmp_path):
             "any photos from yesterday?",
             f"/vibe {cat}",
             "/vibe catt.jpg",
+            "/fnd rocket",
             "/help",
+            "/forget",
+            "/forget yes",
+            "/find",
         )
         vibe_story = ollama.requests[len(asked):]
 
@@ -145,7 +147,13 @@ async def test_console_transcript(tiny_models_dir, photos, tmp_path):
     assert "**" not in second
     assert len(vibe_story) == 1  # the story; searches never went to the LLM
     assert "  no such file: catt.jpg\n" in second
+    assert "  unknown command /fnd: /help lists the commands\n" in second
     assert "/find WORDS" in second and "/vibe PATH [PATH2]" in second  # /help
+    # /forget asks first, then empties the console's space.
+    assert "Type /forget yes to go ahead." in second
+    assert "imagebot> Done: I forgot 2 picture(s) you showed in the console." in second
+    assert second.rstrip().endswith("imagebot> I don't remember any pictures from the console yet.")
+    print(first, second, sep="\n")  # the transcript, for `pytest -s`
 
 
 async def test_console_without_memory_still_chats(tiny_models_dir, photos, tmp_path):
@@ -162,6 +170,5 @@ async def test_console_without_memory_still_chats(tiny_models_dir, photos, tmp_p
     assert len(ollama.requests) == 2  # the plain-words search is ordinary chat without a memory
 
 
-@pytest.mark.parametrize("command", ["/forget", "/forget yes"])
-def test_console_user_is_no_discord_account(command):
-    assert CONSOLE_USER_ID < 2**22  # below any snowflake's timestamp part: no real account has this id
+def test_console_user_is_no_discord_account():
+    assert CONSOLE_USER_ID < 2**22  # a snowflake's low 22 bits are worker/sequence: every real id is larger

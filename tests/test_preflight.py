@@ -184,3 +184,25 @@ def test_report_prints_one_line_per_problem_and_says_whether_to_go_on():
     assert stream.getvalue() == "warning: no Ollama\n"
     assert report([Finding("memory", "error", "no Chroma")], stream) is False
     assert stream.getvalue().splitlines()[-1] == "error: no Chroma"
+
+
+async def test_a_download_at_start_up_says_how_big_it_is(settings, monkeypatch, tiny_models_dir):
+    """The hub's file listing gives the size before anything is fetched (a local stand-in hub here)."""
+    import huggingface_hub.constants
+
+    from bot.models.hub import human_size
+    from tests.test_cli import FakeHub, served
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    files = served(tiny_models_dir / "tiny-random-blip")
+    size = sum(len(data) for name, data in files.items() if not name.endswith((".h5", ".msgpack")))
+    captioner = settings.models.captioner.model_copy(update={"model": "test/tiny-blip"})
+    async with FakeHub({"test/tiny-blip": files}) as hub:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+        finding = await asyncio.to_thread(check_model_files, configured(settings, models={"captioner": captioner,
+                                                                                            "offline": False}))
+        assert not any(method == "GET" and "/resolve/" in path for method, path in hub.requests)  # nothing fetched
+    assert finding.severity == "warning"
+    assert finding.message.startswith(f"captioner model 'test/tiny-blip' is not on this machine yet and will be "
+                                      f"downloaded now: about {human_size(size)} (first start only; ")
