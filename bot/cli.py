@@ -166,7 +166,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
                 continue
             try:
                 with quiet_library_output():
-                    image = sandbox.decode(data)
+                    image = sandbox.decode(data, text_size=settings.models.ocr.copy_size)
             except ImageRejected as exc:
                 results.append({"path": str(path), "error": exc.user_message})
                 continue

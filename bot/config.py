@@ -78,6 +78,11 @@ class OcrSettings(_Section):
     # Characters of text kept per picture (the context line shows fewer).
     max_chars: Annotated[int, Field(ge=16, le=10_000)] = 1000
 
+    @property
+    def copy_size(self) -> int:
+        """The longest side of the reader copy a decoder should make (0: the reader is off)."""
+        return self.max_side if self.enabled else 0
+
 
 class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -193,7 +193,8 @@ class Analyzer:
         else:
             sentiment = VaderSentiment()
         reader = TextReader.from_settings(models.ocr)
-        log.info("models loaded on %s (%s) in %.1fs", device, str(dtype).removeprefix("torch."),
+        # DEBUG: Services.start reports the loading phase with its time to people (console, run's log).
+        log.debug("models loaded on %s (%s) in %.1fs", device, str(dtype).removeprefix("torch."),
                  time.perf_counter() - started)
         return cls(captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment, reader=reader)
 

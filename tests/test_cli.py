@@ -54,6 +54,17 @@ def test_describe_prints_one_context_line_per_image(tiny_config_path, photo_file
     assert "Traceback" not in result.stderr
 
 
+def test_describe_reads_the_text_in_a_screenshot(tiny_config_path, tmp_path):
+    """describe decodes with the reader's own copy, like the bot: small screenshot text is read."""
+    from tests.text_images import screenshot
+
+    shot = tmp_path / "error.png"
+    shot.write_bytes(screenshot(["psql: error: connection refused"] * 2, size=(1800, 300), font_px=18))
+    result = run_cli("--config", str(tiny_config_path), "describe", str(shot))
+    assert result.returncode == 0, result.stderr
+    assert 'Text: "psql: error: connection refused / psql: error: connection refused"' in result.stdout
+
+
 def test_describe_json_has_the_full_record(tiny_config_path, photo_files):
     result = run_cli("--config", str(tiny_config_path), "describe", "--json", str(photo_files[0]))
     assert result.returncode == 0, result.stderr

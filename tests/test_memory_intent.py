@@ -97,3 +97,8 @@ def test_an_unresolvable_author_becomes_part_of_the_query():
     assert intent is not None and intent.author_hint == "paris"
     assert intent.without_author() == SearchIntent(query="eiffel tower paris")
     assert SearchIntent(query="dogs", author_hint="me").without_author() == SearchIntent(query="dogs")
+
+
+def test_from_earlier_is_not_a_poster():
+    intent = detect_search_intent("show me the cat picture from earlier", now=NOW)
+    assert intent is not None and intent.query == "cat" and intent.author_hint is None

@@ -73,7 +73,8 @@ _FILLER = frozenset(
 _PRONOUN_AUTHORS = {"i": "me", "me": "me", "my": "me", "myself": "me"}
 _NOT_AUTHORS = frozenset(
     "you u someone somebody anyone anybody people everyone they we he she it the a an that this those these who "
-    "was were is are been be just already recently that's i've you've we've they've".split()
+    "was were is are been be just already recently earlier before today yesterday that's i've you've we've "
+    "they've".split()
 )
 
 
