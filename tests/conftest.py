@@ -1,15 +1,25 @@
-"""Shared fixtures: tiny stand-in models (built once per run), settings using them, real photos.
+"""Shared fixtures: tiny stand-in models (built once per run), settings using them, real photos, and a
+real ``chroma run`` server per test (chroma_process, chroma_server).
 
-The fake Discord server fixtures (discord_server, discord_world) live in tests/harness/fixtures.py.
+The fake Discord server fixtures (discord_server, discord_world) live in tests/harness/fixtures.py; the
+helpers that several test modules use (no fixtures) in tests/helpers.py.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+# tests/helpers.py is a plain module: its asserts get pytest's messages only if registered before import.
+pytest.register_assert_rewrite("tests.helpers")
+
+if TYPE_CHECKING:
+    from tests.helpers import ChromaServer
 
 pytest_plugins = ["tests.harness.fixtures", "tests.imagebot_fixtures"]
 
@@ -72,3 +82,18 @@ def photos() -> dict[str, bytes]:
     except Exception:  # pragma: no cover - scikit-learn is a test dependency
         pass
     return result
+
+
+@pytest.fixture
+def chroma_process(tmp_path) -> Iterator[ChromaServer]:
+    """A real ``chroma run`` (data and log in tmp_path) that the test may kill and start again."""
+    from tests.helpers import running_chroma
+
+    with running_chroma(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def chroma_server(chroma_process) -> int:
+    """The port of a running ``chroma run``."""
+    return chroma_process.port

@@ -19,10 +19,7 @@ from bot.memory.ledger import IngestLedger
 from bot.memory.store import ImageStore
 from cogs.images import SEEN_REACTION
 from tests.harness.bot_process import start_bot_process, stop_bot_process, write_bot_config
-
-
-def seen(server, message) -> bool:
-    return any(r.message_id == message.id and r.emoji == SEEN_REACTION and r.added for r in server.reactions)
+from tests.helpers import reacted
 
 
 @pytest.mark.parametrize("kill_after", [1, 5])
@@ -45,7 +42,7 @@ async def test_kill_minus_nine_mid_burst_then_restart_stores_every_picture_once(
     try:
         await server.wait_for_gateway(timeout=120)
         first = await post(0)  # the channel gets its mark
-        await server.wait_until(lambda: seen(server, first), timeout=120, what="the first picture")
+        await server.wait_until(lambda: reacted(server, first, SEEN_REACTION), timeout=120, what="the first picture")
         for index in range(1, 9):
             await post(index)
             if index == kill_after:
@@ -55,7 +52,7 @@ async def test_kill_minus_nine_mid_burst_then_restart_stores_every_picture_once(
             await post(index)
 
         bot = start_bot_process(server, config, log)
-        await server.wait_until(lambda: all(seen(server, m) for m in posted), timeout=180,
+        await server.wait_until(lambda: all(reacted(server, m, SEEN_REACTION) for m in posted), timeout=180,
                                 what="👀 on every picture after the restart")
         # The ledger (sqlite, safe to read beside the bot) is empty once every picture is stored complete.
         ledger = IngestLedger.open(load_settings(config, environ={}))

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from cogs.images import SEEN_REACTION
+from tests.helpers import reacted, user_prompt
 from tests.imagebot_fixtures import marked_settings, running_imagebot
 
 
@@ -52,10 +53,6 @@ async def held_bot(request, discord_server, discord_world, tiny_settings, held, 
     held.release.set()
 
 
-def reacted(server, message, emoji: str = SEEN_REACTION) -> bool:
-    return any(r.message_id == message.id and r.emoji == emoji and r.added for r in server.reactions)
-
-
 def stored(bot, guild_id) -> dict[int, Any]:
     store = bot.services.memory.store.store
     return {image.ref.attachment_id: image for image in store.images(
@@ -70,7 +67,8 @@ async def test_a_picture_is_findable_before_its_caption_exists(held_bot, held, d
                                                                photos):
     world = discord_world
     message = await post(discord_server, world.general, world.alice, "cat.jpg", photos["chelsea"])
-    await discord_server.wait_until(lambda: reacted(discord_server, message), timeout=20, what="👀 after first look")
+    await discord_server.wait_until(lambda: reacted(discord_server, message, SEEN_REACTION), timeout=20,
+                                    what="👀 after first look")
     assert not held.release.is_set()  # the caption tier has not run: the 👀 came from the first look
     records = stored(held_bot, world.guild.id)
     [record] = records.values()
@@ -81,7 +79,10 @@ async def test_a_picture_is_findable_before_its_caption_exists(held_bot, held, d
     held.release.set()
     await discord_server.wait_until(lambda: not stored(held_bot, world.guild.id)[record.ref.attachment_id]
                                     .caption_pending, timeout=20, what="the caption tier")
-    assert held_bot.services.backlog.gauges()["backlog_caption"] == 0
+    # The record is written before the backlog lets the picture go (the ledger is updated after the
+    # store), so wait for that step too.
+    await discord_server.wait_until(lambda: held_bot.services.backlog.gauges()["backlog_caption"] == 0,
+                                    timeout=20, what="the backlog let the captioned picture go")
 
 
 async def test_interactive_search_is_not_stuck_behind_background_captions(held_bot, held, discord_server,
@@ -101,11 +102,12 @@ async def test_a_mention_about_a_waiting_picture_gets_its_caption_first(held_bot
                                                                         discord_world, photos, ollama):
     world = discord_world
     posted = await post(discord_server, world.general, world.alice, "rocket.jpg", photos["rocket"])
-    await discord_server.wait_until(lambda: reacted(discord_server, posted), timeout=20, what="first look")
+    await discord_server.wait_until(lambda: reacted(discord_server, posted, SEEN_REACTION), timeout=20,
+                                    what="first look")
     held.release.set()  # an interactive caption must not wait forever behind a held background one
     await discord_server.post_message(world.general, world.bob, f"<@{discord_server.bot_user.id}> what is it?")
     await discord_server.wait_for_message(world.general, timeout=20)
-    prompt = "\n".join(m["content"] for m in ollama.requests[-1].messages if m["role"] == "user")
+    prompt = user_prompt(ollama)
     assert "caption not written yet" not in prompt
     assert held_bot.services.cache.get(posted.attachments[0].id).caption in prompt
 
@@ -122,8 +124,8 @@ async def test_a_burst_is_never_answered_busy_and_drains_without_a_restart(held_
         user = world.alice if index % 2 else world.bob
         posted.append(await post(discord_server, world.general, user, f"p{index}.jpg",
                                  photos[names[index % len(names)]]))
-    await discord_server.wait_until(lambda: all(reacted(discord_server, m) for m in posted), timeout=60,
-                                    what="👀 on every picture")
+    await discord_server.wait_until(lambda: all(reacted(discord_server, m, SEEN_REACTION) for m in posted),
+                                    timeout=60, what="👀 on every picture")
     await discord_server.wait_until(
         lambda: len(records := stored(held_bot, world.guild.id)) == 24 and
         not any(r.caption_pending for r in records.values()), timeout=60, what="every record complete")

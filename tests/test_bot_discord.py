@@ -9,18 +9,7 @@ import pytest
 from bot.analysis import CONTEXT_PREFIX
 from bot.chat.service import OFFLINE_NOTE
 from cogs.images import SEEN_REACTION, SLOW_DOWN_REACTION
-
-
-def user_prompt(ollama, index: int = -1) -> str:
-    """What the LLM was told by users (system prompt excluded) in the index-th chat request."""
-    return "\n".join(m["content"] for m in ollama.requests[index].messages if m["role"] == "user")
-
-
-async def wait_reaction(server, message, emoji: str) -> None:
-    await server.wait_until(
-        lambda: any(r.message_id == message.id and r.emoji == emoji and r.added for r in server.reactions),
-        timeout=20.0, what=f"reaction {emoji}",
-    )
+from tests.helpers import user_prompt, wait_reaction
 
 
 async def test_image_post_is_remembered_with_a_reaction_and_no_chatter(imagebot, discord_server, discord_world,

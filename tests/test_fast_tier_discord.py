@@ -14,8 +14,7 @@ from dataclasses import replace
 
 from bot.analysis import PENDING_CAPTION, ImageAnalysis
 from bot.imaging import decode_image
-from tests.test_memory_discord import post_image, run_find, thumbnails
-from tests.test_overview_discord import command
+from tests.helpers import command, post_image, run_find, thumbnails
 
 TIMEOUT = 30.0
 

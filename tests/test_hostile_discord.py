@@ -24,6 +24,7 @@ from tests.harness.bot_process import (
     stop_bot_process,
     write_bot_config,
 )
+from tests.helpers import reacted
 from tests.hostile_corpus import (
     gif_comment,
     gif_with,
@@ -73,10 +74,6 @@ def floods() -> list[tuple[str, bytes]]:
     ]
 
 
-def seen(server, message) -> bool:
-    return any(r.message_id == message.id and r.emoji == SEEN_REACTION and r.added for r in server.reactions)
-
-
 async def test_scan_bombs_and_floods_are_refused_and_the_bot_stays_up(discord_server, discord_world, photos,
                                                                       tiny_models_dir, tmp_path):
     server, world = discord_server, discord_world
@@ -101,7 +98,8 @@ async def test_scan_bombs_and_floods_are_refused_and_the_bot_stays_up(discord_se
             started = time.perf_counter()
             photo = await server.post_message(world.general, world.bob, "",
                                               attachments=[("cat.jpg", photos["chelsea"], "image/jpeg")])
-            await server.wait_until(lambda: seen(server, photo), timeout=20, what="👀 on the normal photo")
+            await server.wait_until(lambda: reacted(server, photo, SEEN_REACTION), timeout=20,
+                                    what="👀 on the normal photo")
             timings["cat.jpg (👀)"] = time.perf_counter() - started
             await server.post_message(world.general, world.bob, f"<@{server.bot_user.id}> still there?")
             answer = await server.wait_for_message(world.general, timeout=30)
@@ -133,7 +131,8 @@ async def test_a_decode_that_runs_past_the_limit_is_killed_and_the_next_photo_is
     # The small photo decodes well within the limit, in a replacement process.
     photo = await server.post_message(world.general, world.bob, "",
                                       attachments=[("tiny.png", _small_png(), "image/png")])
-    await server.wait_until(lambda: seen(server, photo), timeout=20, what="👀 after two killed decodes")
+    await server.wait_until(lambda: reacted(server, photo, SEEN_REACTION), timeout=20,
+                            what="👀 after two killed decodes")
 
 
 def _small_png() -> bytes:

@@ -11,31 +11,11 @@ from PIL import Image
 
 from cogs.images import SEEN_REACTION
 from tests.harness.discord_models import Perm, PermissionOverwrite
-from tests.test_bot_discord import wait_reaction
-
-
-def thumbnails(message) -> set[str]:
-    """Attachment URLs shown as thumbnails in a bot message's embeds."""
-    return {e["thumbnail"]["url"] for e in message.embeds if e.get("thumbnail")}
+from tests.helpers import post_image, run_find, store_count, thumbnails, url_of, wait_reaction
 
 
 def every_text(message) -> str:
     return message.all_text()
-
-
-async def post_image(server, channel, user, name, data, text=""):
-    message = await server.post_message(channel, user, text, attachments=[(f"{name}.jpg", data, "image/jpeg")])
-    await wait_reaction(server, message, SEEN_REACTION)
-    return message
-
-
-async def run_find(server, channel, user, query, **options):
-    ix = await server.invoke_slash_command(channel, user, "find", {"query": query, **options})
-    return await server.wait_for_message(predicate=lambda m: m.interaction is ix, timeout=20)
-
-
-def store_count(bot, guild_id) -> int:
-    return bot.services.memory.store.store.count(guild_id)
 
 
 async def test_find_respects_guild_channel_and_nsfw_boundaries(imagebot, discord_server, discord_world, photos):
@@ -79,10 +59,6 @@ async def test_visibility_is_checked_at_query_time(imagebot, discord_server, dis
     await server.wait_until(lambda: len(imagebot.get_channel(world.secret.id).overwrites) == 1,
                             what="the bot saw the permission change")
     assert url_of(secret) not in thumbnails(await run_find(server, world.general, world.bob, "cat"))
-
-
-def url_of(message) -> str:
-    return message.attachments[0].url
 
 
 async def test_dm_find_shows_only_your_own_dm_images(imagebot, discord_server, discord_world, photos):

@@ -17,8 +17,8 @@ from bot.memory.ledger import IngestLedger, ledger_path
 from bot.memory.records import ImageRef
 from bot.memory.service import Audience, MemoryService
 from bot.memory.store import AsyncImageStore, ImageStore
-from tests.test_memory_store import ALICE, BOB, GUILD_A, analysis, settings_for
-from tests.test_memory_store import ref as store_ref
+from tests.helpers import ALICE, BOB, GUILD_A, analysis, settings_for
+from tests.helpers import ref as store_ref
 
 
 def ref(attachment_id: int, guild_id: int | None = 5) -> ImageRef:

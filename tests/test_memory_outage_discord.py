@@ -8,42 +8,33 @@ restart: the pictures are stored and findable, and what was taken back meanwhile
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
-import pytest
 import pytest_asyncio
 
 from bot.memory import service as memory_service
 from cogs.images import SEEN_REACTION
+from tests.helpers import post_image, run_find, store_count, thumbnails, url_of, wait_reaction
 from tests.imagebot_fixtures import bot_settings, running_imagebot
-from tests.test_bot_discord import wait_reaction
-from tests.test_memory_discord import post_image, run_find, store_count, thumbnails, url_of
-from tests.test_memory_store import ChromaServer, running_chroma
 
 UNAVAILABLE = "temporarily unavailable"
 
 
-@pytest.fixture
-def chroma(tmp_path) -> Iterator[ChromaServer]:
-    with running_chroma(tmp_path) as server:
-        yield server
-
-
 @pytest_asyncio.fixture
-async def http_bot(chroma, discord_server, discord_world, tiny_settings, analyzer, ollama, tmp_path, monkeypatch
+async def http_bot(chroma_process, discord_server, discord_world, tiny_settings, analyzer, ollama, tmp_path, monkeypatch
                    ) -> AsyncIterator:
-    """The production bot (tiny models) with its memory on the ``chroma`` server."""
+    """The production bot (tiny models) with its memory on the ``chroma_process`` server (tests/conftest.py)."""
     # The writer's backoff capped low: the test waits for the outcome, and should not wait a minute for it.
     monkeypatch.setattr(memory_service, "RETRY_MAX_S", 0.5)
     settings = bot_settings(tiny_settings, ollama, tmp_path, memory={
-        "backend": "http", "host": "127.0.0.1", "port": chroma.port, "collection_prefix": "outage"})
+        "backend": "http", "host": "127.0.0.1", "port": chroma_process.port, "collection_prefix": "outage"})
     async with running_imagebot(discord_server, settings, analyzer) as bot:
         yield bot
 
 
-async def test_chroma_killed_and_back_without_a_restart(http_bot, chroma, discord_server, discord_world, photos,
+async def test_chroma_killed_and_back_without_a_restart(http_bot, chroma_process, discord_server, discord_world, photos,
                                                         ollama):
-    server, world, bot = discord_server, discord_world, http_bot
+    server, world, bot, chroma = discord_server, discord_world, http_bot, chroma_process
     guild, memory = world.guild.id, http_bot.services.memory
     kept = await post_image(server, world.general, world.alice, "astronaut", photos["astronaut"])
     deleted = await post_image(server, world.general, world.alice, "rocket", photos["rocket"])

@@ -3,88 +3,43 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bot.analysis import PENDING_CAPTION, ImageAnalysis, Scored, Sentiment
-from bot.config import MemorySettings, Settings
+from bot.analysis import PENDING_CAPTION, ImageAnalysis, Sentiment
 from bot.memory.records import ImageRef, from_metadata, to_metadata
 from bot.memory.store import INDEX_KEYS, AsyncImageStore, ImageStore
-
-GUILD_A, GUILD_B = 900_000_000_000_000_001, 900_000_000_000_000_002
-PUBLIC, OTHER, PRIVATE, ADULT = 11, 12, 13, 14
-ALICE, BOB, CAROL = 101, 102, 103
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-TEXT_DIM, CLIP_DIM = 384, 512
-RNG = np.random.default_rng(7)
-
-
-def unit(vector: np.ndarray) -> list[float]:
-    return (vector / np.linalg.norm(vector)).astype(np.float32).tolist()
-
-
-def random_vector(dim: int) -> np.ndarray:
-    return RNG.standard_normal(dim)
-
-
-def near(vector: np.ndarray, noise: float) -> np.ndarray:
-    return vector / np.linalg.norm(vector) + noise * RNG.standard_normal(vector.shape[0]) / np.sqrt(vector.shape[0])
-
-
-def analysis(text_vec=None, clip_vec=None, *, caption="a photo", sentiment="neutral", topic="animals") -> ImageAnalysis:
-    text_vec = random_vector(TEXT_DIM) if text_vec is None else np.asarray(text_vec)
-    clip_vec = random_vector(CLIP_DIM) if clip_vec is None else np.asarray(clip_vec)
-    scores = {"negative": 0.1, "neutral": 0.1, "positive": 0.1, sentiment: 0.8}
-    return ImageAnalysis(
-        caption=caption,
-        labels={"objects": [Scored("dog", 0.9), Scored("cat", 0.05)], "scenes": [Scored("park", 0.7)],
-                "medium": [Scored("photograph", 0.8)]},
-        sentiment=Sentiment.from_scores(scores),
-        image_sentiment=None,
-        topics=[Scored(topic, 0.6)],
-        caption_topics=[Scored(topic, 0.5)],
-        caption_embedding=unit(text_vec),
-        image_embedding=unit(clip_vec),
-        model_ids={"captioner": "tiny-blip", "tagger": "tiny-clip"},
-        width=640,
-        height=480,
-        format="JPEG",
-    )
-
-
-def ref(attachment_id: int, *, guild=GUILD_A, channel=PUBLIC, author=ALICE, message=None, when=T0,
-        nsfw=False) -> ImageRef:
-    message = attachment_id * 10 if message is None else message
-    return ImageRef(
-        attachment_id=attachment_id, message_id=message, channel_id=channel, guild_id=guild, author_id=author,
-        jump_url=f"https://discord.com/channels/{guild or '@me'}/{channel}/{message}",
-        attachment_url=f"https://cdn.example/{attachment_id}.jpg", filename=f"{attachment_id}.jpg",
-        created_at=when, nsfw=nsfw,
-    )
-
-
-def settings_for(tmp_path: Path, **memory) -> Settings:
-    return Settings(memory=MemorySettings(**memory), base_dir=str(tmp_path))
+from tests.helpers import (
+    ADULT,
+    ALICE,
+    BOB,
+    CAROL,
+    CLIP_DIM,
+    GUILD_A,
+    GUILD_B,
+    OTHER,
+    PRIVATE,
+    PUBLIC,
+    T0,
+    TEXT_DIM,
+    analysis,
+    near,
+    random_vector,
+    ref,
+    reseed,
+    settings_for,
+)
 
 
 @pytest.fixture(autouse=True)
 def seeded():
     """Every test draws the same vectors, whatever ran before it."""
-    global RNG
-    RNG = np.random.default_rng(7)
+    reseed()
 
 
 @pytest.fixture(autouse=True)
@@ -545,97 +500,7 @@ def test_real_photo_search_with_query_vectors(store, photo_analyses, analyzer):
     assert all(hit.image.model_ids for hit in hits)
 
 
-# ----- HTTP backend: a real `chroma run` server -----
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ChromaServer:
-    """A real ``chroma run`` on 127.0.0.1 that a test can kill (-9) and start again on the same port
-    and data folder (or another folder: a server that lost its data). Also used by
-    tests/test_memory_outage_discord.py."""
-
-    def __init__(self, cli: Path, data: Path, log: Path) -> None:
-        self.cli, self.data, self.log = cli, data, log
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @staticmethod
-    def find_cli() -> Path | None:
-        chroma = Path(sys.executable).with_name("chroma")
-        if chroma.exists():
-            return chroma
-        found = shutil.which("chroma")
-        return Path(found) if found else None
-
-    def start(self, *, timeout: float = 30.0) -> None:
-        """Start and wait until it answers its heartbeat (RuntimeError with the log tail if it never does)."""
-        assert self.process is None, "already running"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(self.cli), "run", "--path", str(self.data), "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/heartbeat", timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"chroma server did not start: {self.log.read_text()[-500:]}") from None
-                time.sleep(0.1)  # polling for start-up, not an assertion
-
-    def kill(self) -> None:
-        """kill -9: no goodbye to open connections, like a crash or an OOM kill."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-
-@contextlib.contextmanager
-def running_chroma(folder: Path) -> Iterator[ChromaServer]:
-    """A started :class:`ChromaServer` with its data and log in ``folder``, stopped afterwards (skips
-    the test where the chroma CLI is missing or cannot start)."""
-    cli = ChromaServer.find_cli()
-    if cli is None:
-        pytest.skip("the chroma CLI is not installed next to this Python")
-    server = ChromaServer(cli, folder / "server-data", folder / "chroma-server.log")
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def chroma_process(tmp_path) -> Iterator[ChromaServer]:
-    with running_chroma(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def chroma_server(chroma_process) -> int:
-    return chroma_process.port
-
+# ----- HTTP backend: a real `chroma run` server (the chroma_process / chroma_server fixtures) -----
 
 def test_http_backend_against_a_real_server(tmp_path, chroma_server):
     store = ImageStore.open(settings_for(tmp_path, backend="http", port=chroma_server, collection_prefix="http"))

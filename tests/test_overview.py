@@ -24,7 +24,7 @@ from bot.memory.service import Audience
 from bot.memory.store import AsyncImageStore, ImageStore
 from bot.overview import topics as topics_module
 from bot.overview.backfill import NOT_STORED, Backfill, BackfillBusy, ScannedMessage
-from bot.overview.charts import Chart, stats_charts
+from bot.overview.charts import stats_charts
 from bot.overview.compare import compare_images, render_compare, report_dict
 from bot.overview.cursors import BackfillCursors
 from bot.overview.gallery import SORTS, mood_note, sort_images
@@ -39,12 +39,10 @@ from bot.overview.topics import (
     load_topic_model,
     save_topic_model,
 )
+from tests.helpers import ADULT, ALICE, BOB, CAROL, CLIP_DIM, GUILD_A, PRIVATE, PUBLIC, TEXT_DIM, count_bars
 
-GUILD = 900_000_000_000_000_001
-PUBLIC, PRIVATE, ADULT = 11, 13, 14
-ALICE, BOB, CAROL = 101, 102, 103
-T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-TEXT_DIM, CLIP_DIM = 384, 512
+GUILD = GUILD_A
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)  # this module's own time zero, not tests.helpers.T0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -120,19 +118,6 @@ def store(tmp_path) -> ImageStore:
 
 def everyone(guild: int | None = GUILD, channels=None, nsfw: bool = True, requester: int = ALICE) -> Audience:
     return Audience(requester, guild, None if channels is None else frozenset(channels), nsfw)
-
-
-def count_bars(png: bytes, colour: str, chart: Chart) -> int:
-    """Separate runs of exactly ``colour`` inside the plot area, across the bars' axis: vertical bars
-    are counted left to right over columns, horizontal bars top to bottom over rows."""
-    image = Image.open(io.BytesIO(png))
-    assert image.format == "PNG"
-    left, top, right, bottom = chart.plot_box
-    pixels = np.asarray(image.convert("RGB")).astype(int)[top:bottom, left:right]
-    target = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
-    match = (np.abs(pixels - target).sum(axis=2) <= 6)
-    hits = match.any(axis=0 if chart.orientation == "vertical" else 1).astype(np.int8)
-    return int((np.diff(hits) == 1).sum() + hits[0])
 
 
 # --------------------------------------------------------------------------- store reads

@@ -16,16 +16,9 @@ from bot.overview.stats import compute_stats
 from bot.overview.topics import load_topic_model
 from cogs.overview import NOT_ADMIN, POSTED
 from tests.harness.discord_models import Perm
-from tests.test_memory_discord import post_image, thumbnails
-from tests.test_overview import count_bars
+from tests.helpers import command, count_bars, post_image, thumbnails
 
 TIMEOUT = 30.0
-
-
-async def command(server, where, user, name, **options):
-    """Run a slash command; the bot's (first) visible answer to it."""
-    ix = await server.invoke_slash_command(where, user, name, options)
-    return ix, await server.wait_for_message(predicate=lambda m: m.interaction is ix, timeout=TIMEOUT)
 
 
 def memory_store(bot):

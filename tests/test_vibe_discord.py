@@ -8,7 +8,6 @@ error, so "never a traceback" is checked by every test here.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 import socket
@@ -16,7 +15,6 @@ import socket
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from bot.analysis import Sentiment
 from bot.vibe.signals import STORY_SEED
 from cogs.vibe import CHART_NAME, DOWNLOAD_FAILED, NO_IMAGE, POSTED
 from tests.harness.discord_models import CallbackType
@@ -53,15 +51,8 @@ async def _answer(server: FakeDiscordServer, ix: FakeInteraction, count: int = 1
 
 
 @pytest.fixture
-def vibe_bot(imagebot, analyzer, monkeypatch: pytest.MonkeyPatch):
+def vibe_bot(imagebot):
     """The running ImageBot; the vibe cog reaches the models through ``services.queue``."""
-    queue = imagebot.services.queue
-    if not hasattr(queue, "score_sentiment"):
-        # ADAPTER until InferenceQueue.score_sentiment lands: the same sentiment model, called directly.
-        async def score_sentiment(texts: list[str]) -> list[Sentiment]:
-            return await asyncio.to_thread(analyzer.sentiment.score, list(texts))
-
-        monkeypatch.setattr(queue, "score_sentiment", score_sentiment, raising=False)
     return imagebot
 
 
