@@ -390,12 +390,12 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
 def cmd_serve_ray(args: argparse.Namespace) -> int:
     try:
-        from bot.inference import ray_serve
+        from bot.inference.ray import deploy
     except ImportError:
         print("error: Ray is not installed; pip install -e '.[ray]' (see docs/scale-out-ray.md)", file=sys.stderr)
         return EXIT_USAGE
     forwarded = (["--config", args.config] if args.config else []) + list(args.ray_args)
-    return ray_serve.main(forwarded)
+    return deploy.main(forwarded)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -19,21 +19,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from bot.chat.service import ChatService
 from bot.config import Settings
 from bot.context_cache import AnalysisCache
 from bot.decode_sandbox import DecodeSandbox
-from bot.inference import InferenceQueue
+from bot.inference import InferenceBackend, InferenceQueue
 from bot.ingest import ImageIngestor, IngestBacklog
 from bot.labels import LabelSetError, parse_label_file
 from bot.memory.service import MemoryService
 from bot.pipeline import Analyzer
 from bot.ratelimit import ImageRateLimiter
-
-if TYPE_CHECKING:
-    from bot.inference.ray_serve import RayInferenceClient
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +107,15 @@ class Services:
         self.phases: StartupPhases = phases or LoggedPhases()
         self.memory: MemoryService | None = None
         self.backlog: IngestBacklog | None = None
-        self.queue: InferenceQueue | RayInferenceClient
+        # The local queue or the Ray client: both implement the one backend protocol.
+        self.queue: InferenceBackend
         # Untrusted image bytes are decoded in killable processes (bot/decode_sandbox.py), shared by
         # the local queue's decode stage and /vibe's pixel measurements.
         self.decoder = DecodeSandbox.from_settings(settings.images, workers=settings.queue.decode_workers)
         if settings.inference.backend == "ray":
             # Model work on a shared Ray Serve deployment (docs/scale-out-ray.md); ray is an optional
             # extra, so it is imported only when configured.
-            from bot.inference.ray_serve import RayInferenceClient
+            from bot.inference.ray.client import RayInferenceClient
 
             self.queue = RayInferenceClient(settings)
         else:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from bot.analysis import ImageAnalysis, Scored, Sentiment
 from bot.config import MemorySettings, Settings
@@ -251,3 +251,93 @@ def count_bars(png: bytes, colour: str, chart: Chart) -> int:
     match = (np.abs(pixels - target).sum(axis=2) <= 6)
     hits = match.any(axis=0 if chart.orientation == "vertical" else 1).astype(np.int8)
     return int((np.diff(hits) == 1).sum() + hits[0])
+
+
+# ----- a local stand-in for the Hugging Face hub (models download, pre-flight sizes) -----
+
+
+class FakeHub:
+    """``GET /api/models/REPO`` (the file listing, with sizes) and ``HEAD``/``GET /REPO/resolve/REV/FILE``."""
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
+        self.repos = repos
+        self.requests: list[tuple[str, str]] = []
+        self.port = 0
+        self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FakeHub:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/api/models/{org}/{name}", self._info)
+        app.router.add_get("/api/models/{org}/{name}/revision/{rev}", self._info)
+        app.router.add_route("*", "/{org}/{name}/resolve/{rev}/{path:.+}", self._file)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+    def _repo(self, request):
+        from aiohttp import web
+
+        repo = f"{request.match_info['org']}/{request.match_info['name']}"
+        self.requests.append((request.method, request.path))
+        if repo not in self.repos:
+            raise web.HTTPNotFound(headers={"X-Error-Code": "RepoNotFound"})
+        return repo, self.repos[repo]
+
+    async def _info(self, request):
+        from aiohttp import web
+
+        repo, files = self._repo(request)
+        return web.json_response({"id": repo, "sha": self.COMMIT, "siblings": [
+            {"rfilename": name, "size": len(data)} for name, data in files.items()]})
+
+    async def _file(self, request):
+        import hashlib
+
+        from aiohttp import web
+
+        _, files = self._repo(request)
+        data = files[request.match_info["path"]]
+        headers = {"X-Repo-Commit": self.COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                   "X-Linked-Size": str(len(data))}
+        if request.method == "HEAD":
+            return web.Response(headers=headers)
+        return web.Response(body=data, headers=headers)
+
+
+def served(folder: Path) -> dict[str, bytes]:
+    """A tiny model folder as a hub repo, plus copies the download must skip (TF/Flax weights)."""
+    files = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    return {**files, "tf_model.h5": b"x" * 5000, "flax_model.msgpack": b"x" * 5000}
+
+
+# ----- pictures with text in them, rendered at test time (Pillow's built-in scalable font, so they
+# look the same on every machine, fonts installed or not) -----
+
+
+def screenshot(lines: list[str], *, size: tuple[int, int] = (900, 320), font_px: int = 30,
+               background: str = "white", ink: str = "black", fmt: str = "PNG") -> bytes:
+    """A plain screenshot-like picture: ``lines`` of dark text on a light background."""
+    image = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=font_px)
+    y = 30
+    for line in lines:
+        draw.text((30, y), line, fill=ink, font=font)
+        y += int(font_px * 1.8)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import FakeHub, served
+
 ROOT = Path(__file__).parent.parent
 LINE = re.compile(
     r"^\[Image Attached: [^\[\]\n]+\. Labels: [^\[\]\n]+\. "
@@ -56,7 +58,7 @@ def test_describe_prints_one_context_line_per_image(tiny_config_path, photo_file
 
 def test_describe_reads_the_text_in_a_screenshot(tiny_config_path, tmp_path):
     """describe decodes with the reader's own copy, like the bot: small screenshot text is read."""
-    from tests.text_images import screenshot
+    from tests.helpers import screenshot
 
     shot = tmp_path / "error.png"
     shot.write_bytes(screenshot(["psql: error: connection refused"] * 2, size=(1800, 300), font_px=18))
@@ -483,74 +485,6 @@ def test_every_subcommand_help_says_what_it_reads(capsys):
 # ----- models download: a plan with sizes first, then a file at a time ----------------------------------
 # Against a local stand-in for the Hugging Face hub (the few endpoints huggingface_hub uses to list a repo
 # and download a file), serving the tiny models' folders as repos.
-
-
-class FakeHub:
-    """``GET /api/models/REPO`` (the file listing, with sizes) and ``HEAD``/``GET /REPO/resolve/REV/FILE``."""
-
-    COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
-        self.repos = repos
-        self.requests: list[tuple[str, str]] = []
-        self.port = 0
-        self._runner = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> FakeHub:
-        from aiohttp import web
-
-        app = web.Application()
-        app.router.add_get("/api/models/{org}/{name}", self._info)
-        app.router.add_get("/api/models/{org}/{name}/revision/{rev}", self._info)
-        app.router.add_route("*", "/{org}/{name}/resolve/{rev}/{path:.+}", self._file)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
-
-    def _repo(self, request):
-        from aiohttp import web
-
-        repo = f"{request.match_info['org']}/{request.match_info['name']}"
-        self.requests.append((request.method, request.path))
-        if repo not in self.repos:
-            raise web.HTTPNotFound(headers={"X-Error-Code": "RepoNotFound"})
-        return repo, self.repos[repo]
-
-    async def _info(self, request):
-        from aiohttp import web
-
-        repo, files = self._repo(request)
-        return web.json_response({"id": repo, "sha": self.COMMIT, "siblings": [
-            {"rfilename": name, "size": len(data)} for name, data in files.items()]})
-
-    async def _file(self, request):
-        import hashlib
-
-        from aiohttp import web
-
-        _, files = self._repo(request)
-        data = files[request.match_info["path"]]
-        headers = {"X-Repo-Commit": self.COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-                   "X-Linked-Size": str(len(data))}
-        if request.method == "HEAD":
-            return web.Response(headers=headers)
-        return web.Response(body=data, headers=headers)
-
-
-def served(folder: Path) -> dict[str, bytes]:
-    """A tiny model folder as a hub repo, plus copies the download must skip (TF/Flax weights)."""
-    files = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-    return {**files, "tf_model.h5": b"x" * 5000, "flax_model.msgpack": b"x" * 5000}
 
 
 async def run_cli_async(*args: str, env: dict[str, str]) -> tuple[int, str, str]:

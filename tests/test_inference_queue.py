@@ -1,7 +1,7 @@
 """The inference queue: batching, backpressure, timeouts, cancellation, OOM splits, crashes, metrics.
 
-Most tests drive a small fake analyzer (same methods as bot.pipeline.Analyzer) whose batches can be
-held on a gate, so every scenario is set up by events rather than by timing; the batching test
+Most tests drive a small fake analyzer (all of AnalyzerLike, as bot.pipeline.Analyzer) whose batches
+can be held on a gate, so every scenario is set up by events rather than by timing; the batching test
 and the text tests use the tiny random-weight models through the real Analyzer. No assertion
 depends on how long anything took.
 """
@@ -20,9 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
+from bot.analysis import Sentiment
 from bot.config import ImageSettings, QueueSettings
 from bot.imaging import DecodedImage, ImageRejected, decode_image
 from bot.inference import (
+    AnalyzerLike,
+    InferenceBackend,
     InferenceError,
     InferenceQueue,
     JobTimeout,
@@ -33,7 +36,7 @@ from bot.inference import (
     WorkerCrashed,
 )
 from bot.inference.batching import predict_splitting_on_oom
-from bot.pipeline import PreparedImage
+from bot.pipeline import PreparedImage, StageTimings
 
 GATE_TIMEOUT_S = 10.0  # a safety net against hangs only; never reached when the tests pass
 
@@ -63,7 +66,57 @@ class Marker:
     height: int
 
 
-class FakeAnalyzer:
+def _no_yield() -> None:
+    return None
+
+
+class AnalyzerFake:
+    """All of AnalyzerLike without models, the base of the fakes below (each overrides what it watches).
+
+    Like the Analyzer, every model method passes the queue's yield point before it "touches a model"
+    (that is where a background batch takes the model turn); ``prepare`` hands the decoded image on;
+    the two tiers are answered with the full ``analyze``; sentiment is neutral.
+    """
+
+    text_size = 0
+
+    def __init__(self) -> None:
+        self.yield_point: Callable[[], None] = _no_yield
+
+    @property
+    def last_timings(self) -> StageTimings:
+        return StageTimings()
+
+    def set_yield_point(self, hook: Callable[[], None] | None) -> None:
+        self.yield_point = hook or _no_yield
+
+    def prepare(self, decoded: DecodedImage, tier: str = "full") -> DecodedImage:
+        return decoded
+
+    def analyze(self, images: Sequence[DecodedImage]) -> list[Marker]:
+        self.yield_point()
+        return [Marker(*image.original_size) for image in images]
+
+    def analyze_fast(self, images: Sequence[DecodedImage]) -> Sequence[object]:
+        return self.analyze(images)
+
+    def caption(self, images: Sequence[DecodedImage]) -> Sequence[object]:
+        return self.analyze(images)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self.yield_point()
+        return np.array([[len(text), 1.0] for text in texts], dtype=np.float32)
+
+    def clip_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self.yield_point()
+        return np.array([[len(text), 2.0] for text in texts], dtype=np.float32)
+
+    def score_sentiment(self, texts: Sequence[str]) -> list[Sentiment]:
+        self.yield_point()
+        return [Sentiment.from_scores({"neutral": 1.0}) for _ in texts]
+
+
+class FakeAnalyzer(AnalyzerFake):
     """Records each batch (the widths it saw) and the thread it ran on; can hold batches on a gate
     and fail chosen batches."""
 
@@ -73,6 +126,7 @@ class FakeAnalyzer:
         gate: threading.Event | None = None,
         fail: Callable[[list[int]], BaseException | None] | None = None,
     ) -> None:
+        super().__init__()
         self.gate = gate
         self.fail = fail
         self.batches: list[list[int]] = []
@@ -81,6 +135,7 @@ class FakeAnalyzer:
         self.entered = threading.Event()
 
     def analyze(self, images: Sequence[DecodedImage]) -> list[Marker]:
+        self.yield_point()
         widths = [image.original_size[0] for image in images]
         self.batches.append(widths)
         self.threads.add(threading.get_ident())
@@ -93,11 +148,11 @@ class FakeAnalyzer:
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         self.text_batches.append(list(texts))
-        return np.array([[len(text), 1.0] for text in texts], dtype=np.float32)
+        return super().embed_texts(texts)
 
     def clip_texts(self, texts: Sequence[str]) -> np.ndarray:
         self.text_batches.append(list(texts))
-        return np.array([[len(text), 2.0] for text in texts], dtype=np.float32)
+        return super().clip_texts(texts)
 
     @property
     def ran(self) -> list[int]:
@@ -131,16 +186,35 @@ async def test_concurrent_callers_form_batches_and_each_gets_its_own_result(anal
     """20 concurrent analyze calls, max_batch_size 8: batches of 2..8, every caller its own image."""
 
     class Spy:
+        """The real analyzer, counting the size of each full-analysis batch."""
+
         def __init__(self, inner):
             self.inner = inner
             self.batch_sizes: list[int] = []
 
-        def prepare(self, decoded):
-            return self.inner.prepare(decoded)
+        @property
+        def text_size(self):
+            return self.inner.text_size
+
+        @property
+        def last_timings(self):
+            return self.inner.last_timings
+
+        def set_yield_point(self, hook):
+            self.inner.set_yield_point(hook)
+
+        def prepare(self, decoded, tier="full"):
+            return self.inner.prepare(decoded, tier)
 
         def analyze(self, images):
             self.batch_sizes.append(len(images))
             return self.inner.analyze(images)
+
+        def analyze_fast(self, images):
+            return self.inner.analyze_fast(images)
+
+        def caption(self, images):
+            return self.inner.caption(images)
 
         def embed_texts(self, texts):
             return self.inner.embed_texts(texts)
@@ -148,9 +222,8 @@ async def test_concurrent_callers_form_batches_and_each_gets_its_own_result(anal
         def clip_texts(self, texts):
             return self.inner.clip_texts(texts)
 
-        @property
-        def last_timings(self):
-            return self.inner.last_timings
+        def score_sentiment(self, texts):
+            return self.inner.score_sentiment(texts)
 
     spy = Spy(analyzer)
     images = [noisy_jpeg(40 + i, 30 + (i % 3), seed=i) for i in range(20)]
@@ -435,7 +508,7 @@ async def test_close_without_drain_fails_a_job_still_decoding():
     release = threading.Event()
 
     class SlowPrepare(FakeAnalyzer):
-        def prepare(self, decoded: DecodedImage) -> DecodedImage:
+        def prepare(self, decoded: DecodedImage, tier: str = "full") -> DecodedImage:
             decoding.set()
             assert release.wait(GATE_TIMEOUT_S)
             return decoded
@@ -487,6 +560,23 @@ async def test_a_failing_factory_fails_start_with_its_error():
     await queue.close()
 
 
+# ----------------------------------------------------------------------------- the two seams
+
+
+def test_the_analyzer_and_every_fake_implement_all_of_analyzer_like(analyzer):
+    """The queue calls every AnalyzerLike member without probing for it, so each analyzer has them all."""
+    for candidate in (analyzer, AnalyzerFake(), FakeAnalyzer(), TieredFake(preemptible=True)):
+        assert isinstance(candidate, AnalyzerLike), type(candidate).__name__
+    partial_fake = type("Partial", (), {"analyze": AnalyzerFake.analyze})()
+    assert not isinstance(partial_fake, AnalyzerLike)
+
+
+async def test_the_queue_is_a_complete_inference_backend():
+    queue = InferenceQueue(FakeAnalyzer(), settings())
+    assert isinstance(queue, InferenceBackend)
+    await queue.close()
+
+
 # ----------------------------------------------------------------------------- metrics
 
 _SAMPLE = re.compile(
@@ -533,9 +623,10 @@ class Tiered:
 class TieredFake(FakeAnalyzer):
     """A FakeAnalyzer with the two tiers, a tier-aware ``prepare`` and (optionally) yield points.
 
-    Batches whose widths include one in ``hold`` block on ``gate``; with ``preemptible`` they wait
-    the way a real model does, passing the queue's yield point first and then between "layers"
-    (every few ms), so more urgent work can run in the middle of them. ``log`` records (tier, widths) per batch, in the
+    Batches whose widths include one in ``hold`` block on ``gate``. Every batch passes the queue's
+    yield point first (as the Analyzer does before its first model); with ``preemptible`` a held
+    batch also waits the way a real model does, passing it between "layers" (every few ms), so more
+    urgent work can run in the middle of it. ``log`` records (tier, widths) per batch, in the
     order the batches *finished*.
     """
 
@@ -545,15 +636,9 @@ class TieredFake(FakeAnalyzer):
         self.hold_gate = gate
         self.hold = hold or set()
         self.preemptible = preemptible
-        self.yield_point: Callable[[], None] = lambda: None
         self.log: list[tuple[str, list[int]]] = []
         self.prepared: list[tuple[str, int]] = []
         self.threads_by_tier: dict[str, set[str]] = {}
-        if preemptible:
-            self.set_yield_point = self._set_yield_point
-
-    def _set_yield_point(self, hook: Callable[[], None] | None) -> None:
-        self.yield_point = hook or (lambda: None)
 
     def _run(self, tier: str, widths: list[int]) -> None:
         self.threads_by_tier.setdefault(tier, set()).add(threading.current_thread().name)
@@ -561,7 +646,8 @@ class TieredFake(FakeAnalyzer):
         if self.hold_gate is not None and self.hold & set(widths):
             self.entered.set()
             while not self.hold_gate.wait(0.002):
-                self.yield_point()
+                if self.preemptible:
+                    self.yield_point()
         self.log.append((tier, widths))
 
     def prepare(self, decoded: DecodedImage, tier: str = "full") -> DecodedImage:
@@ -605,8 +691,8 @@ async def bounded(awaitable, what: str):
 
 
 async def test_interactive_jobs_go_ahead_of_waiting_background_jobs():
-    """No yield points: interactive work waits for the running background batch, then overtakes
-    every background job that was queued before it."""
+    """No yield points between layers: interactive work waits for the running background batch, then
+    overtakes every background job that was queued before it."""
     gate = threading.Event()
     fake = TieredFake(gate=gate, hold={1})
     async with InferenceQueue(fake, settings(max_batch_size=4, max_wait_ms=0)) as queue:

@@ -11,8 +11,7 @@ from PIL import Image, ImageOps
 
 from bot.analysis import CONTEXT_PREFIX
 from cogs.images import SEEN_REACTION
-from tests.helpers import user_prompt, wait_reaction
-from tests.text_images import screenshot
+from tests.helpers import screenshot, user_prompt, wait_reaction
 
 # Posting 50 pictures quickly from two people must not trip the per-user/per-channel limits.
 MANY = pytest.mark.imagebot_settings(rate_limits={"per_user": 1000, "per_channel": 1000})

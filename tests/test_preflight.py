@@ -191,7 +191,7 @@ async def test_a_download_at_start_up_says_how_big_it_is(settings, monkeypatch, 
     import huggingface_hub.constants
 
     from bot.models.hub import human_size
-    from tests.test_cli import FakeHub, served
+    from tests.helpers import FakeHub, served
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

@@ -10,6 +10,7 @@ that finds the file removes it and ``os._exit``s the replica process, with that 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import secrets
@@ -18,7 +19,7 @@ import socket
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,22 +38,33 @@ serve = pytest.importorskip("ray.serve")
 
 from bot.analysis import ImageAnalysis, Scored, Sentiment  # noqa: E402
 from bot.config import Settings  # noqa: E402
+from bot.decode_sandbox import DecoderCrashed, DecodeTimedOut  # noqa: E402
+from bot.errors import UserFacingError  # noqa: E402
 from bot.imaging import (  # noqa: E402
     CorruptImage,
     EmptyImage,
     ImageRejected,
     ImageTooLarge,
+    ImageTooManyPixels,
+    TooMuchMetadata,
     UnsupportedImageType,
     decode_image,
 )
-from bot.inference import InferenceQueue, JobTimeout, Priority, QueueBusy, QueueClosed  # noqa: E402
-from bot.inference.ray_serve import (  # noqa: E402
-    HTTP_ROUTE_PREFIX,
-    RayInferenceClient,
-    _rejected,
-    deploy,
-    rebuild_rejection,
+from bot.inference import (  # noqa: E402
+    InferenceBackend,
+    InferenceError,
+    InferenceQueue,
+    JobTimeout,
+    OutOfMemory,
+    Priority,
+    QueueBusy,
+    QueueClosed,
+    QueueMetrics,
+    WorkerCrashed,
 )
+from bot.inference.ray.client import RayInferenceClient  # noqa: E402
+from bot.inference.ray.deploy import deploy  # noqa: E402
+from bot.inference.ray.wire import HTTP_ROUTE_PREFIX, KNOWN_ERRORS, Outcome, WireError  # noqa: E402
 
 TOLERANCE = 1e-5
 DEPLOYMENT = "InferenceDeployment"
@@ -261,16 +273,100 @@ async def test_a_bad_file_raises_the_decoders_own_error_on_the_client(
 
 def test_a_refusal_with_its_own_constructor_survives_the_wire() -> None:
     original = ImageTooLarge(30_000_000, 25_000_000, filename="huge.png")
-    rebuilt = rebuild_rejection(_rejected(original).error)
+    with pytest.raises(ImageRejected) as raised:
+        Outcome.failed(original).unwrap()
+    rebuilt = raised.value
     assert type(rebuilt) is ImageTooLarge
     assert (rebuilt.user_message, rebuilt.code, str(rebuilt)) == (original.user_message, original.code, str(original))
     assert (rebuilt.size, rebuilt.limit) == (30_000_000, 25_000_000)
 
 
 def test_a_class_name_from_the_wire_cannot_pick_an_arbitrary_class() -> None:
-    rebuilt = rebuild_rejection({"type": "Path", "code": "weird", "user_message": "no", "message": "x"})
+    rebuilt = WireError(kind="Path", code="weird", user_message="no", detail="x").rebuild(ImageRejected)
     assert type(rebuilt) is ImageRejected
     assert (rebuilt.code, rebuilt.user_message) == ("weird", "no")
+
+
+def _subclasses(cls: type) -> list[type]:
+    direct: list[type] = cls.__subclasses__()
+    return [found for sub in direct for found in (sub, *_subclasses(sub))]
+
+
+ROUND_TRIP = [
+    EmptyImage(),
+    ImageTooLarge(30_000_000, 25_000_000, filename="huge.png"),
+    UnsupportedImageType("pdf", filename="doc.pdf"),
+    UnsupportedImageType("jpeg", user_message="odd colours", detail="mode=CMYK;16", code="unsupported_color_mode"),
+    ImageTooManyPixels(20_000, 20_000, 50_000_000, filename="bomb.png"),
+    CorruptImage(detail="truncated at byte 812"),
+    TooMuchMetadata(detail="4,000 APP1 segments"),
+    DecodeTimedOut(detail="decode ran past 10s"),
+    DecoderCrashed(detail="decoder process died (exit code -9): EOFError"),
+    QueueBusy("64 jobs in flight"),
+    JobTimeout("no result within 30s"),
+    WorkerCrashed("RuntimeError: kernel failure"),
+    OutOfMemory("out of memory even for a single job"),
+    QueueClosed(),
+    InferenceError("preprocessing failed: ValueError: bad shape"),
+]
+
+
+@pytest.mark.parametrize("original", ROUND_TRIP, ids=lambda exc: f"{type(exc).__name__}-{exc.code}")
+def test_every_known_error_crosses_the_wire_as_itself(original: UserFacingError) -> None:
+    """Type, code, the user's sentence, the detail and the constructor's own fields survive the envelope."""
+    outcome = Outcome.failed(original)
+    assert outcome.status == ("rejected" if isinstance(original, ImageRejected) else "error")
+    with pytest.raises(type(original)) as raised:
+        outcome.unwrap()
+    rebuilt = raised.value
+    assert type(rebuilt) is type(original)
+    assert (rebuilt.code, rebuilt.user_message, rebuilt.detail, str(rebuilt)) == (
+        original.code, original.user_message, original.detail, str(original))
+    assert vars(rebuilt) == vars(original)
+
+
+def test_every_user_facing_error_type_of_the_decoder_and_the_queue_is_registered() -> None:
+    """A new refusal or queue failure must be added to the wire's registry (else it crosses as its base)."""
+    found = _subclasses(ImageRejected) + _subclasses(InferenceError)
+    ours = {cls for cls in found if cls.__module__.startswith("bot.")}
+    assert ours | {ImageRejected, InferenceError} == {cls for cls, _ in KNOWN_ERRORS.values()}
+
+
+def test_an_unregistered_error_crosses_as_its_nearest_registered_base() -> None:
+    class StrangeFile(CorruptImage):
+        code = "strange"
+
+    rebuilt = WireError.of(StrangeFile(detail="odd")).rebuild(ImageRejected)
+    assert type(rebuilt) is CorruptImage
+    assert (rebuilt.code, rebuilt.user_message, str(rebuilt)) == ("strange", CorruptImage.default_message, "odd")
+
+
+def test_a_bug_in_the_replica_crosses_as_a_worker_crash() -> None:
+    with pytest.raises(WorkerCrashed) as raised:
+        Outcome.failed(KeyError("caption_pixels")).unwrap()
+    assert str(raised.value) == "KeyError: 'caption_pixels'"
+    assert raised.value.user_message == WorkerCrashed.default_message
+
+
+def test_the_envelope_status_decides_the_family_whatever_the_kind_says() -> None:
+    """A refusal always raises an ImageRejected and a failure an InferenceError, so the caller's except
+    clauses (and the metrics' outcome) never see the other family."""
+    busy = WireError.of(QueueBusy("x"))
+    with pytest.raises(ImageRejected) as refused:
+        Outcome("rejected", error=busy).unwrap()
+    assert type(refused.value) is ImageRejected and refused.value.code == "busy"
+    empty = WireError.of(EmptyImage())
+    with pytest.raises(InferenceError) as failed:
+        Outcome("error", error=empty).unwrap()
+    assert type(failed.value) is InferenceError and failed.value.code == "empty"
+
+
+def test_only_declared_scalar_fields_are_set_on_the_rebuilt_error() -> None:
+    wire = WireError(kind="ImageTooLarge", code="too_large", user_message="big", detail="d",
+                     fields={"size": 5, "limit": [1, 2], "__class__": "Path", "user_message": "forged"})  # type: ignore[dict-item]
+    rebuilt = wire.rebuild(ImageRejected)
+    assert type(rebuilt) is ImageTooLarge and rebuilt.size == 5 and rebuilt.user_message == "big"
+    assert not hasattr(rebuilt, "limit")
 
 
 # ------------------------------------------------------------------------------------- (d) texts
@@ -331,7 +427,7 @@ async def test_start_fails_clearly_for_an_app_that_is_not_deployed(ray_app: int,
     settings = ray_settings.model_copy(update={
         "inference": ray_settings.inference.model_copy(update={"ray_app": "no-such-app"}),
     })
-    with pytest.raises(Exception, match=r"no-such-app.*ray_serve --config"):
+    with pytest.raises(Exception, match=r"no-such-app.*python -m bot serve-ray --config"):
         await RayInferenceClient(settings).start()
 
 
@@ -340,6 +436,33 @@ def test_services_choose_the_backend_from_config(ray_settings: Settings, tiny_se
 
     assert isinstance(Services(ray_settings).queue, RayInferenceClient)
     assert isinstance(Services(tiny_settings).queue, InferenceQueue)
+
+
+def _parameters(function: Callable[..., object]) -> list[tuple[str, object, object]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+async def test_both_backends_implement_all_of_the_backend_protocol(ray_settings: Settings, analyzer) -> None:
+    """Either can be ``services.queue``: every member of InferenceBackend, with the same parameters,
+    keyword defaults (priorities included) and async-ness, on both classes."""
+    members = {name: member for name, member in vars(InferenceBackend).items()
+               if not name.startswith("_") or name in ("__aenter__", "__aexit__")}
+    assert {"start", "close", "analyze", "analyze_fast", "caption", "embed_texts", "clip_texts",
+            "score_sentiment", "running"} <= set(members)
+    local = InferenceQueue(analyzer)
+    try:
+        for backend in (local, RayInferenceClient(ray_settings)):
+            assert isinstance(backend, InferenceBackend), type(backend).__name__
+            assert isinstance(backend.metrics, QueueMetrics)
+            for name, member in members.items():
+                implementation = getattr(type(backend), name)
+                if isinstance(member, property):
+                    assert isinstance(implementation, property), name
+                    continue
+                assert _parameters(implementation) == _parameters(member), (type(backend).__name__, name)
+                assert inspect.iscoroutinefunction(implementation) == inspect.iscoroutinefunction(member), name
+    finally:
+        await local.close()
 
 
 # ------------------------------------------------------------------------------------- HTTP
@@ -374,10 +497,10 @@ async def test_http_ingress_on_loopback(
 
 
 def test_main_is_importable_for_the_cli() -> None:
-    from bot.inference import ray_serve
+    from bot.inference.ray import deploy as ray_deploy
 
     with pytest.raises(SystemExit):
-        ray_serve.main(["--help"])
+        ray_deploy.main(["--help"])
 
 
 # ------------------------------------------------------------------------------------- (b) replica death

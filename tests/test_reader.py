@@ -13,7 +13,7 @@ from bot.config import OcrSettings
 from bot.imaging import decode_image
 from bot.memory.words import WordQuery, searchable_text
 from bot.models.reader import TextReader, joined
-from tests.text_images import screenshot
+from tests.helpers import screenshot
 
 
 @pytest.fixture(scope="module")

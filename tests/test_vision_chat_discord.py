@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from cogs.images import SEEN_REACTION
+from tests.helpers import wait_reaction
 
 VISION = ["completion", "vision"]
 RED, BLUE = (220, 20, 20), (20, 20, 220)
@@ -37,12 +38,6 @@ def mean_color(image: Image.Image) -> tuple[float, ...]:
 
 def close_to(image: Image.Image, color: tuple[int, int, int]) -> bool:
     return all(abs(a - b) < 30 for a, b in zip(mean_color(image), color, strict=True))
-
-
-async def seen(server, message) -> None:
-    await server.wait_until(
-        lambda: any(r.message_id == message.id and r.emoji == SEEN_REACTION and r.added for r in server.reactions),
-        timeout=20.0, what="👀")
 
 
 async def ask(server, channel, user, text: str = "what's this?", **kwargs):
@@ -78,7 +73,7 @@ async def test_a_text_model_gets_the_lines_only(imagebot, discord_server, discor
     world = discord_world
     posted = await discord_server.post_message(world.general, world.alice, "my cat",
                                                attachments=[("cat.jpg", photos["chelsea"], "image/jpeg")])
-    await seen(discord_server, posted)
+    await wait_reaction(discord_server, posted, SEEN_REACTION)
     reply = await ask(discord_server, world.general, world.bob)
     assert reply.content == "I can see 1 image(s) in our chat."
     [request] = ollama.requests
@@ -148,12 +143,12 @@ async def test_pictures_from_outside_the_conversation_are_never_sent(imagebot, d
     # Bob's picture in #secret (only Bob and the bot can read it) is analysed and cached...
     hidden = await discord_server.post_message(world.secret, world.bob, "",
                                                attachments=[("secret.jpg", photo(300, 200, RED), "image/jpeg")])
-    await seen(discord_server, hidden)
+    await wait_reaction(discord_server, hidden, SEEN_REACTION)
     assert imagebot.services.cache.get(hidden.attachments[0].id) is not None
     # ... and Bob, asking in #general, must not get it shown to the model there.
     shared = await discord_server.post_message(world.general, world.alice, "",
                                                attachments=[("shared.jpg", photo(300, 200, BLUE), "image/jpeg")])
-    await seen(discord_server, shared)
+    await wait_reaction(discord_server, shared, SEEN_REACTION)
     reply = await ask(discord_server, world.general, world.bob)
     assert reply.content == "I can see 1 image(s) in our chat."
     [request] = ollama.requests
@@ -169,7 +164,7 @@ async def test_a_picture_older_than_the_history_window_is_not_sent(imagebot, dis
     world = discord_world
     old = await discord_server.post_message(world.general, world.alice, "",
                                             attachments=[("old.jpg", photo(300, 200, RED), "image/jpeg")])
-    await seen(discord_server, old)
+    await wait_reaction(discord_server, old, SEEN_REACTION)
     for text in ("one", "two"):
         await discord_server.post_message(world.general, world.alice, text)
     reply = await ask(discord_server, world.general, world.bob)
@@ -183,7 +178,7 @@ async def test_the_newest_pictures_are_kept(imagebot, discord_server, discord_wo
     world = discord_world
     posted = await discord_server.post_message(world.general, world.alice, "", attachments=[
         ("red.jpg", photo(300, 200, RED), "image/jpeg"), ("blue1.jpg", photo(300, 200, BLUE), "image/jpeg")])
-    await seen(discord_server, posted)
+    await wait_reaction(discord_server, posted, SEEN_REACTION)
     await ask(discord_server, world.general, world.bob,
               attachments=[("blue2.jpg", photo(200, 300, BLUE), "image/jpeg")])
     [request] = ollama.requests
@@ -199,7 +194,7 @@ async def test_a_picture_that_cannot_be_read_again_keeps_its_line(imagebot, disc
     world = discord_world
     posted = await discord_server.post_message(world.general, world.alice, "",
                                                attachments=[("gone.jpg", photo(300, 200, RED), "image/jpeg")])
-    await seen(discord_server, posted)
+    await wait_reaction(discord_server, posted, SEEN_REACTION)
     for key in [k for k in discord_server.cdn if f"/{posted.attachments[0].id}/" in k]:
         del discord_server.cdn[key]  # the file is gone from Discord's CDN since it was analysed
     reply = await ask(discord_server, world.general, world.bob)

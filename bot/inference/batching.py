@@ -1,5 +1,6 @@
 """The thread-safe heart of the queue: jobs, the bounded job board, micro-batch formation, OOM splits,
-and whose turn it is to run the models.
+whose turn it is to run the models, and the flatten/split-back of text batches (shared with the
+Ray replicas, which batch the same way).
 
 Nothing here knows about asyncio beyond handing a result to a job's future on its own loop, which
 keeps the logic testable and lets the model workers be plain threads.
@@ -42,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from bot.inference.errors import OutOfMemory, QueueBusy, QueueClosed
@@ -53,6 +55,7 @@ __all__ = [
     "JobState",
     "Priority",
     "Worker",
+    "encode_together",
     "is_out_of_memory",
     "predict_splitting_on_oom",
 ]
@@ -541,3 +544,31 @@ def predict_splitting_on_oom(
         *predict_splitting_on_oom(predict, items[:middle], is_oom=is_oom, on_split=on_split),
         *predict_splitting_on_oom(predict, items[middle:], is_oom=is_oom, on_split=on_split),
     ]
+
+
+# ------------------------------------------------------------------------- text batches
+
+
+def encode_together(
+    encode: Callable[[list[str]], Sequence[R] | np.ndarray], requests: Sequence[Sequence[str]], *, what: str = "model"
+) -> list[list[R] | np.ndarray]:
+    """All requests' texts in one model call, then each request's rows back, in order.
+
+    A text batch is many callers' lists of texts (``/find`` sends one query, ``/vibe`` a few
+    sentences): flattening them into one call is what makes batching pay, and splitting the rows back
+    by each request's length is what gives every caller exactly its own. Used by the in-process
+    queue's workers and by the Ray replicas alike. Rows of an array come back as copies (a caller
+    must not keep the whole batch's buffer alive through a view); a model that answers with a
+    different number of rows than texts is a bug, raised as such (the worker counts it a crash).
+    """
+    texts = [text for request in requests for text in request]
+    outputs = encode(texts) if texts else []
+    if len(outputs) != len(texts):
+        raise RuntimeError(f"{what} returned {len(outputs)} results for {len(texts)} texts")
+    results: list[list[R] | np.ndarray] = []
+    offset = 0
+    for request in requests:
+        rows = outputs[offset : offset + len(request)]
+        results.append(rows.copy() if isinstance(rows, np.ndarray) else list(rows))
+        offset += len(request)
+    return results

@@ -60,59 +60,37 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bot.analysis import CaptionPart, ImageAnalysis, Sentiment
+from bot.analysis import CaptionPart, ImageAnalysis
 from bot.config import ImageSettings, QueueSettings, Settings
 from bot.decode_sandbox import DecodeSandbox
 from bot.imaging import DecodedImage
+from bot.inference.backend import AnalyzerLike, BackendBase, InferenceBackend
 from bot.inference.batching import (
     Job,
     JobBoard,
     JobKind,
     Priority,
     Worker,
+    encode_together,
     is_out_of_memory,
     predict_splitting_on_oom,
 )
 from bot.inference.errors import InferenceError, JobTimeout, QueueClosed, WorkerCrashed, outcome_of
 from bot.inference.metrics import QueueMetrics
 
-__all__ = ["AnalyzerLike", "InferenceQueue", "Priority"]
+if TYPE_CHECKING:
+    from bot.pipeline import Tier
+
+__all__ = ["InferenceQueue", "Priority"]
 
 log = logging.getLogger(__name__)
 
 _ROLES = ("caption", "clip", "text", "prepare")
 _MAX_RESTART_BACKOFF_S = 2.0
-
-
-@runtime_checkable
-class AnalyzerLike(Protocol):
-    """What the queue needs from :class:`bot.pipeline.Analyzer` (tests pass small fakes).
-
-    Optional extras, used when present:
-
-    - ``prepare(decoded)`` (CPU preprocessing, run in the decode pool; ``analyze`` then receives its
-      output), called as ``prepare(decoded, "fast")`` / ``prepare(decoded, "caption")`` for the tiers;
-    - ``analyze_fast(items)`` and ``caption(items)``, the two tiers (without them the queue answers
-      both with the full ``analyze``: complete records, and the caption part of one);
-    - ``last_timings`` (per-role seconds of the last call on the calling thread, for metrics);
-    - ``set_yield_point(hook)``: the analyzer calls ``hook()`` before it touches any model or
-      tokenizer and between model layers; that is where a background batch takes the model turn and
-      where it pauses for more urgent work (without it, background batches hold the turn from start
-      to end and are only overtaken at their end).
-
-    The methods are called from three worker threads, never at the same time (the model turn), but a
-    call may be paused inside ``hook()`` while a more urgent one runs.
-    """
-
-    def analyze(self, images: Sequence[Any]) -> list[ImageAnalysis]: ...
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def clip_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 class _DecodePool:
@@ -167,12 +145,14 @@ class _DecodePool:
             del future, fn
 
 
-class InferenceQueue:
+class InferenceQueue(BackendBase):
     """Micro-batching, bounded, thread-backed front of the models, with two priorities.
 
-    ``analyzer`` is a loaded :class:`~bot.pipeline.Analyzer` (or anything :class:`AnalyzerLike`), or
-    a zero-argument factory returning one: the factory runs on the interactive worker thread, so
-    minutes of model loading never block the event loop, and jobs submitted meanwhile simply wait.
+    ``analyzer`` is a loaded :class:`~bot.pipeline.Analyzer` (or anything
+    :class:`~bot.inference.backend.AnalyzerLike`), or a zero-argument factory returning one: the
+    factory runs on the interactive worker thread, so minutes of model loading never block the event
+    loop, and jobs submitted meanwhile simply wait. It implements all of
+    :class:`~bot.inference.backend.InferenceBackend`, as the Ray client does.
 
     Every method takes a ``priority``: :attr:`Priority.INTERACTIVE` (someone is waiting; the
     default, except for the two analysis tiers) or :attr:`Priority.BACKGROUND` (indexing).
@@ -286,13 +266,6 @@ class InferenceQueue:
             await asyncio.to_thread(self.decoder.close)
         self._state = "closed"
 
-    async def __aenter__(self) -> InferenceQueue:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     @property
     def analyzer(self) -> AnalyzerLike | None:
         """The loaded analyzer (None while a factory is still loading it)."""
@@ -360,44 +333,10 @@ class InferenceQueue:
         part: CaptionPart = await self._run(JobKind.CAPTION, timeout, priority, decode=partial(self._prepare, decoded))
         return part
 
-    async def embed_texts(
-        self,
-        texts: Sequence[str],
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109
-        priority: Priority = Priority.INTERACTIVE,
-    ) -> np.ndarray:
-        """Caption-space (MiniLM) vectors, one row per text, batched with other callers' texts."""
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        result: np.ndarray = await self._run(JobKind.EMBED_TEXT, timeout, priority, payload=list(texts))
-        return result
-
-    async def clip_texts(
-        self,
-        texts: Sequence[str],
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109
-        priority: Priority = Priority.INTERACTIVE,
-    ) -> np.ndarray:
-        """CLIP text vectors (text→image search), one row per text."""
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        result: np.ndarray = await self._run(JobKind.CLIP_TEXT, timeout, priority, payload=list(texts))
-        return result
-
-    async def score_sentiment(
-        self,
-        texts: Sequence[str],
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109
-        priority: Priority = Priority.INTERACTIVE,
-    ) -> list[Sentiment]:
-        """The sentiment model on free text (one :class:`Sentiment` per text), batched like the rest."""
-        if not texts:
-            return []
-        result: list[Sentiment] = await self._run(JobKind.SENTIMENT, timeout, priority, payload=list(texts))
-        return result
+    async def _text_job(self, kind: JobKind, texts: list[str], job_timeout: float | None, priority: Priority) -> Any:
+        """A text job (``embed_texts`` / ``clip_texts`` / ``score_sentiment``, from :class:`BackendBase`):
+        no decode stage, straight to its lane."""
+        return await self._run(kind, job_timeout, priority, payload=texts)
 
     # ------------------------------------------------------------------ caller side
 
@@ -446,7 +385,7 @@ class InferenceQueue:
                 raise JobTimeout(f"no result within {limit:g}s") from None
             raise
 
-    def _decode(self, data: bytes, filename: str | None, tier: str, keep: list[DecodedImage] | None) -> Any:
+    def _decode(self, data: bytes, filename: str | None, tier: Tier, keep: list[DecodedImage] | None) -> Any:
         """Decode pool: bytes → upright RGB ≤ target_size → model-ready tensors for ``tier`` (when possible)."""
         started = time.perf_counter()
         decoded = self.decoder.decode(data, filename=filename, text_size=self._text_size())
@@ -463,7 +402,7 @@ class InferenceQueue:
         could not run before anyway), so no picture is read from its small model image instead."""
         if self._analyzer is None and self._factory is not None:
             self._loaded.wait(self.settings.job_timeout_s)
-        return int(getattr(self._analyzer, "text_size", 0) or 0)
+        return self._analyzer.text_size if self._analyzer is not None else 0
 
     def _prepare(self, decoded: DecodedImage) -> Any:
         """Decode pool, caption tier: the captioner's pixels for an image decoded earlier."""
@@ -472,12 +411,12 @@ class InferenceQueue:
         self.metrics.observe_stage("prepare", time.perf_counter() - started)
         return result
 
-    def _prepare_for(self, decoded: DecodedImage, tier: str) -> Any:
-        prepare = getattr(self._analyzer, "prepare", None)  # None while the models are loading
-        if not callable(prepare):
+    def _prepare_for(self, decoded: DecodedImage, tier: Tier) -> Any:
+        analyzer = self._analyzer
+        if analyzer is None:  # still loading (the analyzer prepares it in the batch then), or failed to
             return decoded
         try:
-            return prepare(decoded) if tier == "full" else prepare(decoded, tier)
+            return analyzer.prepare(decoded, tier)
         except Exception as exc:  # a model-side preprocessing bug must not look like a bad file
             raise InferenceError(f"preprocessing failed: {type(exc).__name__}: {exc}") from exc
 
@@ -533,9 +472,8 @@ class InferenceQueue:
                 self._signal_ready(loop, exc)
                 return False
         if not self._loaded.is_set():
-            set_yield_point = getattr(self._analyzer, "set_yield_point", None)
-            if self.settings.preempt_background and callable(set_yield_point):
-                set_yield_point(self._board.checkpoint)
+            if self.settings.preempt_background:
+                self._analyzer.set_yield_point(self._board.checkpoint)
                 self._yields = True
             self._loaded.set()
         self._signal_ready(loop, None)
@@ -615,60 +553,41 @@ class InferenceQueue:
     def _predict_fast(self, jobs: list[Job]) -> list[ImageAnalysis]:
         analyzer = self._analyzer
         assert analyzer is not None
-        fast = getattr(analyzer, "analyze_fast", None)
-        payloads = [job.payload for job in jobs]
-        results: list[ImageAnalysis] = fast(payloads) if callable(fast) else analyzer.analyze(payloads)
+        results = analyzer.analyze_fast([job.payload for job in jobs])
         self._observe_roles(analyzer)
         return results
 
     def _predict_captions(self, jobs: list[Job]) -> list[CaptionPart]:
         analyzer = self._analyzer
         assert analyzer is not None
-        caption = getattr(analyzer, "caption", None)
-        payloads = [job.payload for job in jobs]
-        if callable(caption):
-            results: list[CaptionPart] = caption(payloads)
-        else:
-            from bot.pipeline import caption_part_of
-
-            results = [caption_part_of(record) for record in analyzer.analyze(payloads)]
+        results = analyzer.caption([job.payload for job in jobs])
         self._observe_roles(analyzer)
         return results
 
     def _observe_roles(self, analyzer: AnalyzerLike) -> None:
         """Per-role seconds of the batch this thread just ran (read while it still holds the turn)."""
-        timings = getattr(analyzer, "last_timings", None)
+        timings = analyzer.last_timings
         for role in _ROLES:
-            seconds = getattr(timings, role, None)
+            seconds = getattr(timings, role)
             if isinstance(seconds, (int, float)) and seconds:
                 # "prepare" here is preprocessing the decode pool could not do ahead (models still loading).
                 self.metrics.observe_stage("prepare_in_worker" if role == "prepare" else role, float(seconds))
 
-    def _predict_texts(self, kind: JobKind, jobs: list[Job]) -> list[np.ndarray]:
+    def _predict_texts(self, kind: JobKind, jobs: list[Job]) -> list[Any]:
         """All callers' texts in one model call, then each caller's rows back."""
         analyzer = self._analyzer
         assert analyzer is not None
-        texts = [text for job in jobs for text in job.payload]
-        outputs: Any
+        encode: Callable[[list[str]], Sequence[Any] | np.ndarray]
         if kind is JobKind.SENTIMENT:
-            outputs = list(_score_sentiment(analyzer, texts))
+            encode = analyzer.score_sentiment
+        elif kind is JobKind.EMBED_TEXT:
+            encode = analyzer.embed_texts
         else:
-            encode = analyzer.embed_texts if kind is JobKind.EMBED_TEXT else analyzer.clip_texts
-            outputs = np.asarray(encode(texts))
-        if len(outputs) != len(texts):
-            raise RuntimeError(f"{kind} returned {len(outputs)} results for {len(texts)} texts")
-        results, offset = [], 0
-        for job in jobs:
-            rows = outputs[offset : offset + len(job.payload)]
-            results.append(rows.copy() if isinstance(rows, np.ndarray) else rows)
-            offset += len(job.payload)
-        return results
+            encode = analyzer.clip_texts
+        return encode_together(encode, [job.payload for job in jobs], what=str(kind))
 
 
-def _score_sentiment(analyzer: AnalyzerLike, texts: list[str]) -> Sequence[Sentiment]:
-    """``analyzer.score_sentiment`` (the Analyzer's), else its sentiment role directly."""
-    score = getattr(analyzer, "score_sentiment", None)
-    if score is None:
-        score = analyzer.sentiment.score  # type: ignore[attr-defined]
-    result: Sequence[Sentiment] = score(texts)
-    return result
+if TYPE_CHECKING:  # a type checker proves the queue is a complete backend (the tests check it at run time)
+
+    def _is_a_backend(queue: InferenceQueue) -> InferenceBackend:
+        return queue
