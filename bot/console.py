@@ -9,7 +9,7 @@ core functions the cogs call, so what it shows is what Discord would get:
   ``[Image Attached: ...]`` lines (as a mention with attachments does, cogs/chat.py);
 * a search in plain words ("show me the cat picture from earlier"): recognised by
   :func:`bot.memory.intent.detect_search_intent` and answered from the memory, as the chat cog's
-  ``answer_search`` does (cogs/memory.py), never sent to the LLM;
+  ``answer_search`` does (cogs/utils/chat_search.py), never sent to the LLM;
 * ``/find WORDS``, ``/vibe PATH [PATH]``, ``/forget``, ``/help``, ``/quit`` (or Ctrl-D).
 
 The memory: the console is one user (:data:`CONSOLE_USER_ID`) talking to the bot in DMs, so its pictures
@@ -307,7 +307,7 @@ class Console:
         return detect_search_intent(text, now=datetime.now().astimezone())
 
     async def answer_search(self, intent: SearchIntent) -> None:
-        """A search asked in plain words, answered like cogs/memory.py ``answer_search`` answers it."""
+        """A search asked in plain words, answered like cogs/utils/chat_search.py ``answer_search`` answers it."""
         author_id = CONSOLE_USER_ID if intent.author_hint == "me" else None
         if author_id is None and intent.author_hint:
             intent = intent.without_author()  # "photos from paris": a place, not a person

@@ -23,14 +23,14 @@ from typing import Protocol
 
 from bot.chat.service import ChatService
 from bot.config import Settings
-from bot.context_cache import AnalysisCache
 from bot.decode_sandbox import DecodeSandbox
 from bot.inference import InferenceBackend, InferenceQueue
 from bot.ingest import ImageIngestor, IngestBacklog
+from bot.ingest.cache import AnalysisCache
+from bot.ingest.limits import ImageRateLimiter
 from bot.labels import LabelSetError, parse_label_file
 from bot.memory.service import MemoryService
 from bot.pipeline import Analyzer
-from bot.ratelimit import ImageRateLimiter
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from discord.ext import commands
 from bot.client import ImageBot
 from bot.ingest import IngestOutcome
 from bot.memory.intent import detect_search_intent
+from cogs.utils.chat_search import answer_search
 from cogs.utils.live_reply import LiveReply
 from cogs.utils.messages import addressed_to_bot, incoming_images, readable_text, to_turn
 
@@ -47,12 +48,11 @@ class Chat(commands.Cog):
         if me is None or message.author.bot or not addressed_to_bot(message, me):
             return
         services = self.bot.services
-        memory_cog = self.bot.get_cog("Memory")
-        if services.memory is not None and memory_cog is not None:
+        if services.memory is not None:
             intent = detect_search_intent(readable_text(message), now=message.created_at)
             if intent is not None:  # "show me the dog picture from last week": a search, not a chat
                 async with message.channel.typing():
-                    await memory_cog.answer_search(message, intent)
+                    await answer_search(services.memory, message, intent)
                 return
         live = LiveReply(message, self.bot.settings.chat.max_reply_chars)
         try:

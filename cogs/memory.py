@@ -19,12 +19,11 @@ from discord.ext import commands
 from bot.analysis import SENTIMENT_LABELS
 from bot.client import ImageBot
 from bot.errors import UserFacingError
-from bot.memory.intent import SearchIntent
 from bot.memory.service import Audience, Filters, MemoryService
 from cogs.utils.errors import AnsweringView
 from cogs.utils.messages import incoming_images
 from cogs.utils.results import paged
-from cogs.utils.visibility import private_audience, public_audience
+from cogs.utils.visibility import private_audience
 
 log = logging.getLogger(__name__)
 RESULT_LIMIT = 12
@@ -181,44 +180,6 @@ class Memory(commands.Cog):
             await interaction.edit_original_response(content=exc.user_message)
             return
         await interaction.edit_original_response(content=f"Done: I forgot {removed} picture(s) you posted in {where}.")
-
-    # ----- chat search ("show me the dog picture from last week") -----
-
-    async def answer_search(self, message: discord.Message, intent: SearchIntent) -> None:
-        """Public reply in the channel: only images everyone there may see (cogs.utils.visibility)."""
-        author_id = self._resolve_author(message, intent)
-        if author_id is None and intent.author_hint:
-            intent = intent.without_author()
-        audience = public_audience(message.author, message.channel, message.guild)
-        filters = Filters(author_id=author_id, since=intent.since, until=intent.until)
-        try:
-            results = await self.memory.find(intent.query, audience, filters, limit=RESULT_LIMIT)
-        except UserFacingError as exc:  # memory down, or the query could not be embedded (busy, timeout)
-            log.info("chat search answered with %s: %s", exc.code, exc)
-            await message.reply(exc.user_message, mention_author=False)
-            return
-        if not results:
-            await message.reply("I couldn't find a picture like that here.", mention_author=False)
-            return
-        text = f"Here's what I found for “{intent.query}”:" if intent.query else "Here's what I found:"
-        await message.reply(text, **paged(results, message.author.id), mention_author=False)
-
-    @staticmethod
-    def _resolve_author(message: discord.Message, intent: SearchIntent) -> int | None:
-        hint = intent.author_hint
-        if not hint:
-            return None
-        if hint == "me":
-            return message.author.id
-        mention = re.fullmatch(r"<@!?(\d+)>", hint)
-        if mention:
-            return int(mention.group(1))
-        name = hint.lstrip("@").lower()
-        if message.guild is not None:
-            for member in message.guild.members:
-                if name in (member.name.lower(), member.display_name.lower()):
-                    return member.id
-        return None
 
 
 async def setup(bot: ImageBot) -> None:

@@ -30,8 +30,8 @@ from discord.ext import commands
 
 from bot.analysis import SENTIMENT_LABELS
 from bot.client import ImageBot
+from bot.ingest.backfill import BackfillBusy, BackfillProgress, History, ScannedMessage
 from bot.memory.records import StoredImage
-from bot.overview.backfill import BackfillBusy, BackfillProgress, History, ScannedMessage
 from bot.overview.charts import stats_charts
 from bot.overview.gallery import DEFAULT_SORT, SORTS, mood_note
 from bot.overview.render import progress_text, report_text, stats_sections, topics_text

@@ -22,7 +22,8 @@ from bot.analysis import ImageAnalysis
 from bot.chat.llm import ChatLLM
 from bot.client import ImageBot
 from bot.errors import UserFacingError
-from bot.imaging import ImageTooLarge, UnsupportedImageType
+from bot.imaging import UnsupportedImageType
+from bot.ingest.limits import too_large
 from bot.vibe import (
     STORY_SEED,
     STORY_TEMPERATURE,
@@ -127,17 +128,17 @@ class Vibe(commands.Cog):
 
     def _check(self, interaction: discord.Interaction, photos: list[Photo]) -> None:
         """Refuse before deferring what can be refused from metadata alone (no download)."""
-        limit = self.bot.settings.images.max_bytes
+        # The same limits and wording as posted pictures (bot/ingest/limits.py).
         for photo in photos:
-            if photo.size is not None and photo.size > limit:
-                raise VibeProblem(ImageTooLarge(photo.size, limit, filename=photo.filename).user_message)
+            oversized = too_large(photo.size, self.bot.settings.images.max_bytes, photo.filename)
+            if oversized is not None:
+                raise VibeProblem(oversized.user_message)
             if not _looks_like_image(photo):
                 raise VibeProblem(UnsupportedImageType(None, filename=photo.filename).user_message)
         channel_id = interaction.channel_id or 0
         limiter = self.bot.services.limiter
         if limiter.acquire(interaction.user.id, channel_id, len(photos)) < len(photos):
-            wait = max(1, round(limiter.retry_after(interaction.user.id, channel_id)))
-            raise VibeProblem(f"That's a lot of pictures at once; try again in {wait} seconds.")
+            raise VibeProblem(limiter.refusal(interaction.user.id, channel_id).user_message)
 
     async def _run(self, photos: list[Photo]) -> tuple[str, list[discord.File]]:
         try:

@@ -15,7 +15,7 @@ import signal
 import pytest
 
 from bot.config import load_settings
-from bot.memory.ledger import IngestLedger
+from bot.ingest.ledger import IngestLedger
 from bot.memory.store import ImageStore
 from cogs.images import SEEN_REACTION
 from tests.harness.bot_process import start_bot_process, stop_bot_process, write_bot_config

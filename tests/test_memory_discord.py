@@ -204,7 +204,7 @@ async def test_plain_chat_request_searches_only_what_everyone_here_may_see(image
 async def test_interrupted_ingest_is_resumed_on_start(discord_server, discord_world, tiny_settings, analyzer, ollama,
                                                      tmp_path, photos):
     from bot.client import ImageBot
-    from bot.memory.ledger import IngestLedger, ledger_path
+    from bot.ingest.ledger import IngestLedger, ledger_path
     from bot.memory.records import ImageRef
     from bot.services import Services
     from tests.harness.fixtures import make_fast, running_bot

@@ -561,7 +561,7 @@ def test_browse_reads_back_in_time_slices(store):
 async def test_a_delete_racing_the_store_write_still_wins(tmp_path, store):
     """The narrow race the Discord-level test cannot time: the delete event arrives while remember()'s
     upsert runs in its thread, so the store's delete may run before the record exists."""
-    from bot.memory.ledger import IngestLedger
+    from bot.ingest.ledger import IngestLedger
     from bot.memory.service import MemoryService
     from bot.memory.store import AsyncImageStore
 

@@ -19,14 +19,14 @@ from bot.analysis import ImageAnalysis, Scored, Sentiment
 from bot.cli import main as cli_main
 from bot.config import MemorySettings, Settings
 from bot.ingest import IncomingImage, IngestOutcome
+from bot.ingest.backfill import NOT_STORED, Backfill, BackfillBusy, ScannedMessage
+from bot.ingest.cursors import BackfillCursors
 from bot.memory.records import ImageRef, StoredImage
 from bot.memory.service import Audience
 from bot.memory.store import AsyncImageStore, ImageStore
 from bot.overview import topics as topics_module
-from bot.overview.backfill import NOT_STORED, Backfill, BackfillBusy, ScannedMessage
 from bot.overview.charts import stats_charts
 from bot.overview.compare import compare_images, render_compare, report_dict
-from bot.overview.cursors import BackfillCursors
 from bot.overview.gallery import SORTS, mood_note, sort_images
 from bot.overview.paths import topic_model_path
 from bot.overview.render import progress_text, report_text, stats_sections, topics_text

@@ -4,7 +4,7 @@ On a small CPU host the full analysis of a picture costs ~0.9 s, and a busy serv
 that. Refusing work ("busy, try again") answered people who had asked for nothing and left pictures
 unsearchable until a restart. Instead, every posted picture is:
 
-1. **accepted** — written to the ingest ledger (bot/memory/ledger.py) before anything else happens,
+1. **accepted** — written to the ingest ledger (bot/ingest/ledger.py) before anything else happens,
    with its channel's mark moved in the same transaction (so a kill -9 at any point loses nothing:
    what was accepted is resumed, what arrived just before the write is found again by reading the
    channel's history after its mark);
@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from bot.analysis import CaptionPart, ImageAnalysis
-from bot.context_cache import AnalysisCache
 from bot.errors import UserFacingError
 from bot.imaging import DecodedImage, EmptyImage, ImageRejected
 from bot.inference import Priority
+from bot.ingest.cache import AnalysisCache
 from bot.memory.records import ImageRef
 
 if TYPE_CHECKING:

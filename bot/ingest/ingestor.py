@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from bot.analysis import ImageAnalysis
 from bot.config import Settings
-from bot.context_cache import AnalysisCache
-from bot.imaging import EmptyImage, ImageRejected, ImageTooLarge
+from bot.imaging import EmptyImage, ImageRejected
 from bot.inference import Priority
 from bot.inference.errors import InferenceError, QueueBusy
+from bot.ingest.cache import AnalysisCache
+from bot.ingest.limits import ImageRateLimiter, too_large
 from bot.memory.records import ImageRef
-from bot.ratelimit import ImageRateLimiter
 
 if TYPE_CHECKING:
     from bot.ingest.backlog import IngestBacklog
@@ -106,9 +106,9 @@ class ImageIngestor:
         max_bytes = self.settings.images.max_bytes
         for index in todo:
             image = images[index]
-            if image.size is not None and image.size > max_bytes:  # refuse before queueing a download
-                outcomes[index] = IngestOutcome(image, problem=ImageTooLarge(image.size, max_bytes,
-                                                filename=image.filename).user_message, code="rejected")
+            oversized = too_large(image.size, max_bytes, image.filename)
+            if oversized is not None:  # refuse before queueing a download
+                outcomes[index] = IngestOutcome(image, problem=oversized.user_message, code="rejected")
             else:
                 outcomes[index] = IngestOutcome(image, code="queued")
                 queued.append(image)
@@ -165,12 +165,9 @@ class ImageIngestor:
 
         granted = self.limiter.acquire(user_id, channel_id, len(todo)) if rate_limit else len(todo)
         if granted < len(todo):
-            wait = self.limiter.retry_after(user_id, channel_id)
+            refusal = self.limiter.refusal(user_id, channel_id)
             for index in todo[granted:]:
-                outcomes[index] = IngestOutcome(
-                    images[index], code="rate_limited",
-                    problem=f"That's a lot of pictures at once; try again in {max(1, round(wait))} seconds.",
-                )
+                outcomes[index] = IngestOutcome(images[index], code=refusal.code, problem=refusal.user_message)
             todo = todo[:granted]
         return outcomes, todo
 
@@ -181,9 +178,9 @@ class ImageIngestor:
     async def _one(self, image: IncomingImage, priority: Priority) -> IngestOutcome:
         max_bytes = self.settings.images.max_bytes
         try:
-            if image.size is not None and image.size > max_bytes:
-                # Refuse before downloading a file we would refuse anyway.
-                raise ImageTooLarge(image.size, max_bytes, filename=image.filename)
+            oversized = too_large(image.size, max_bytes, image.filename)
+            if oversized is not None:  # refuse before downloading a file we would refuse anyway
+                raise oversized
             data = await image.read()
             if not data:
                 raise EmptyImage()

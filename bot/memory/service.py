@@ -28,7 +28,7 @@ import numpy as np
 from bot.analysis import ImageAnalysis
 from bot.config import Settings
 from bot.errors import MemoryUnavailable
-from bot.memory.ledger import IngestLedger, PendingImage
+from bot.ingest.ledger import IngestLedger, PendingImage
 from bot.memory.records import ImageRef, StoredImage
 from bot.memory.store import NO_FILTERS, AsyncImageStore, Filters, ImageStore, SearchHit
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.analysis import SENTIMENT_LABELS
-from bot.overview.backfill import BackfillProgress, BackfillReport
+from bot.ingest.backfill import BackfillProgress, BackfillReport
 from bot.overview.stats import OverviewStats, waiting_for_captions
 from bot.overview.topics import TopicCluster, TopicModel
 

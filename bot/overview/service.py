@@ -2,7 +2,7 @@
 
 Glue between the memory store (every read takes the requester's :class:`Audience`, the same privacy
 boundary as /find), the saved topic model of each guild, and the backfill. Discord-free: the cog turns
-permissions into an Audience and messages into :class:`~bot.overview.backfill.ScannedMessage` values.
+permissions into an Audience and messages into :class:`~bot.ingest.backfill.ScannedMessage` values.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Protocol
 import numpy as np
 
 from bot.config import Settings
+from bot.ingest.backfill import Backfill, IngestsImages
+from bot.ingest.cursors import BackfillCursors
 from bot.labels import LabelSet, LabelSetError, parse_label_file
 from bot.memory.records import StoredImage
 from bot.memory.service import Audience
 from bot.memory.store import NO_FILTERS, AsyncImageStore, Filters
-from bot.overview.backfill import Backfill, IngestsImages
-from bot.overview.cursors import BackfillCursors
 from bot.overview.gallery import DEFAULT_SORT, sort_images
 from bot.overview.paths import cursor_db_path, topic_model_path
 from bot.overview.stats import PERIODS, OverviewStats, compute_stats, period_start

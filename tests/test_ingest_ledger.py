@@ -12,8 +12,8 @@ import pytest
 
 from bot.config import MemorySettings, Settings
 from bot.errors import MemoryUnavailable
+from bot.ingest.ledger import IngestLedger, ledger_path
 from bot.memory import service as service_module
-from bot.memory.ledger import IngestLedger, ledger_path
 from bot.memory.records import ImageRef
 from bot.memory.service import Audience, MemoryService
 from bot.memory.store import AsyncImageStore, ImageStore

@@ -1,4 +1,6 @@
-"""Per-user and per-channel sliding-window limits, so one user cannot hog the model worker."""
+"""The limits every way in shares (posted pictures, /index, /vibe): per-user and per-channel
+sliding windows, so one user cannot hog the model worker, and the size limit checked before a byte
+is downloaded. Each refusal is one :class:`~bot.errors.UserFacingError` with one wording."""
 
 from __future__ import annotations
 
@@ -7,6 +9,25 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Hashable
 
 from bot.config import RateLimitSettings
+from bot.errors import UserFacingError
+from bot.imaging import ImageTooLarge
+
+
+class TooManyPictures(UserFacingError):
+    """The per-user or per-channel window is full."""
+
+    code = "rate_limited"
+    default_message = "That's a lot of pictures at once; try again in a moment."
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"That's a lot of pictures at once; try again in {max(1, round(retry_after_s))} seconds.",
+                         detail=f"retry after {retry_after_s:.1f}s")
+
+
+def too_large(size: int | None, max_bytes: int, filename: str | None = None) -> ImageTooLarge | None:
+    """The refusal for an attachment Discord says is over ``images.max_bytes`` (None: fine or unknown)."""
+    return ImageTooLarge(size, max_bytes, filename=filename) if size is not None and size > max_bytes else None
 
 
 class SlidingWindow:
@@ -55,3 +76,7 @@ class ImageRateLimiter:
 
     def retry_after(self, user_id: int, channel_id: int) -> float:
         return max(self.per_user.retry_after(user_id), self.per_channel.retry_after(channel_id))
+
+    def refusal(self, user_id: int, channel_id: int) -> TooManyPictures:
+        """What to tell someone whose pictures were not granted."""
+        return TooManyPictures(self.retry_after(user_id, channel_id))

@@ -26,8 +26,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bot.ingest import IncomingImage, IngestOutcome
-from bot.overview.cursors import BackfillCursors, ChannelCursor
+from bot.ingest.cursors import BackfillCursors, ChannelCursor
+from bot.ingest.ingestor import IncomingImage, IngestOutcome
 
 log = logging.getLogger(__name__)
 NOT_STORED = "analysed, but the memory did not store it (see the bot's log)"

@@ -1,5 +1,5 @@
 from bot.config import RateLimitSettings
-from bot.ratelimit import ImageRateLimiter, SlidingWindow
+from bot.ingest.limits import ImageRateLimiter, SlidingWindow
 
 
 class Clock:
