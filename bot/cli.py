@@ -428,14 +428,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
     label_vectors = None
     labels = None if args.no_labels or not images else topic_labels(settings)
     if labels is not None:  # name clusters by the nearest fixed topic too: the captions' own embedder
-        from bot.models.device import resolve_device
         from bot.models.embedder import TextEmbedder
-        from bot.models.hub import resolve_hf
 
-        models = settings.models
-        model_id = settings.resolve_model(models.embedder.model)
-        path = resolve_hf("embedder", model_id, cache_dir=models.cache_dir, offline=models.offline)
-        embedder = TextEmbedder(path, model_id=models.embedder.model, device=resolve_device(models.device))
+        embedder = TextEmbedder.from_settings(settings)
         names, label_vectors = labels.labels, embedder.embed(labels.prompts)
     model = cluster_captions(args.guild, images, vectors, label_names=names, label_vectors=label_vectors, k=args.k)
     path = topic_model_path(settings, args.guild)

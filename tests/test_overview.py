@@ -812,7 +812,8 @@ def test_cli_topics_clusters_saves_and_prints(tmp_path, capsys, analyzer, monkey
     # to skip a second load) embeds the fixed topic prompts.
     import bot.models.embedder
 
-    monkeypatch.setattr(bot.models.embedder, "TextEmbedder", lambda path, **_: analyzer.embedder)
+    monkeypatch.setattr(bot.models.embedder.TextEmbedder, "from_settings",
+                        classmethod(lambda cls, settings: analyzer.embedder))
     assert cli_main(["--config", str(config), "topics", "--guild", str(GUILD), "--k", "2"]) == 0
     assert "nearest label:" in capsys.readouterr().out
     assert load_topic_model(topic_model_path(settings, GUILD)).k == 2

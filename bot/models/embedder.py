@@ -8,8 +8,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bot.config import Settings
+
 
 class TextEmbedder:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TextEmbedder:
+        """The configured embedder, resolved like every role (a missing model raises ModelUnavailable);
+        the pipeline and the CLI's ``topics`` both load it here."""
+        from bot.models.device import resolve_device
+        from bot.models.hub import resolve_hf
+
+        models = settings.models
+        model_id = settings.resolve_model(models.embedder.model)
+        path = resolve_hf("embedder", model_id, cache_dir=models.cache_dir, offline=models.offline)
+        return cls(path, model_id=models.embedder.model, device=resolve_device(models.device))
+
     def __init__(self, path: Path, *, model_id: str, device: torch.device) -> None:
         from sentence_transformers import SentenceTransformer
 
