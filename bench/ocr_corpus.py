@@ -13,11 +13,16 @@ Categories (what people post in a Discord channel that has words in it):
 - ``photo``: a caption placed on a real photo (the calmest of a few candidate spots, as a person
   would), with a semi-transparent backing box or without one; saved as JPEG like a real upload;
 - ``rotated``: like ``plain`` (and a few boxed captions on photos) turned by 2-8 degrees either way;
-- ``screenshot``: chat bubbles, a terminal with an error, a settings panel, a receipt on a table;
+- ``screenshot``: chat bubbles, a terminal with an error, a settings panel, a receipt on a table, a
+  whole desktop window (1600x900 to 2560x1440, 13-16 px text) and a phone chat (1080 x 2340);
 - ``meme``: white Impact-like condensed bold capitals with a black outline, top and bottom of a photo;
-- ``notext``: the photos alone, plus flips, crops, a rotation and an upscale of each, for the text
-  detector's precision. Photos that really contain words are left out of this set: the astronaut
-  (name tag, mission patch), the coins (inscriptions), ``page`` and ``text``, and the skimage logo.
+- ``notext``: the photos alone, plus flips, crops, a rotation and a downscale of each, mostly at the
+  sizes photos are posted at (1280-1920 px), for the text detector's precision and the cost of a
+  photo. Photos that really contain words or numerals are left out of
+  this set and of the backgrounds: the astronaut (name tag, mission patch), the coins (inscriptions),
+  the motorcycle (the maker's name on the tank, which the reader does read once the photo is
+  upscaled), the cameraman (his lens's distance scale reads as "0000"), ``page``, ``text`` and the
+  scikit-image logo.
 
 Every image is handed over as the text reader receives it in the bot: grayscale (``"L"``), longest
 side at most 1920 px (:func:`bot.imaging.decode_image`'s ``text_size`` copy).
@@ -40,7 +45,7 @@ MAX_SIDE = 1920
 CATEGORIES = ("plain", "photo", "rotated", "screenshot", "meme")
 #: Images per text category in the full corpus (5 x 64 = 320 text images) and photos without text.
 DEFAULT_PER_CATEGORY = 64
-DEFAULT_NOTEXT = 112
+DEFAULT_NOTEXT = 104  # 13 photos x 8 variants
 SIZES = (12, 13, 14, 16, 18, 20, 22, 24, 28, 32, 40, 48, 56, 64)
 
 RGB = tuple[int, int, int]
@@ -185,12 +190,11 @@ class Photo:
 
 
 #: Real photos without words in them (see the module docstring for the ones left out and why).
-NOTEXT_PHOTOS = ("camera", "chelsea", "clock", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-                 "moon", "retina", "motorcycle_left", "motorcycle_right", "brick", "grass", "gravel",
-                 "china", "flower")
+NOTEXT_PHOTOS = ("chelsea", "clock", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "moon",
+                 "retina", "brick", "grass", "gravel", "china", "flower")
 #: Backgrounds for captions and memes: the same photos without words (a caption on the astronaut would
 #: be read together with her name tag and patch, which are not in the ground truth).
-CAPTION_PHOTOS = ("chelsea", "coffee", "rocket", "camera", "motorcycle_left", "china", "flower",
+CAPTION_PHOTOS = ("chelsea", "coffee", "rocket", "china", "flower",
                   "hubble_deep_field", "immunohistochemistry", "moon", "retina")
 
 
@@ -200,11 +204,9 @@ def photos() -> dict[str, Photo]:
     from skimage import data
 
     arrays: dict[str, np.ndarray] = {}
-    for name in ("astronaut", "camera", "chelsea", "clock", "coffee", "rocket", "hubble_deep_field",
-                 "immunohistochemistry", "moon", "retina", "brick", "grass", "gravel"):
+    for name in ("chelsea", "clock", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "moon",
+                 "retina", "brick", "grass", "gravel"):
         arrays[name] = getattr(data, name)()
-    left, right, _ = data.stereo_motorcycle()
-    arrays["motorcycle_left"], arrays["motorcycle_right"] = left, right
     try:
         from sklearn.datasets import load_sample_images
 
@@ -438,16 +440,18 @@ def _wrap(text: str, face: ImageFont.ImageFont, width: int) -> list[str]:
     return lines
 
 
-def _chat(rng: random.Random) -> tuple[Image.Image, list[str], int]:
+def _chat(rng: random.Random, scale: float = 1.0) -> tuple[Image.Image, list[str], int]:
+    """Chat bubbles; ``scale`` > 1 draws them at a phone's pixel density (with its status bar)."""
     dark = rng.random() < 0.5
     bg: RGB = (49, 51, 56) if dark else (255, 255, 255)
     mine: RGB = (88, 101, 242)
     theirs: RGB = (64, 66, 73) if dark else (233, 233, 238)
     text_theirs: RGB = (235, 235, 240) if dark else (20, 20, 25)
     name_color: RGB = (160, 165, 175) if dark else (110, 110, 120)
-    size = rng.choice((15, 16, 18, 20))
-    face, small = font("sans", size), font("sans", max(12, size - 3))
-    width = rng.choice((640, 720, 800))
+    size = round(rng.choice((15, 16, 18, 20)) * scale)
+    face, small = font("sans", size), font("sans", max(12, round(size - 3 * scale)))
+    width = rng.choice((640, 720, 800)) if scale == 1 else 1080
+    pad, gap, radius = round(10 * scale), round(14 * scale), round(14 * scale)
     me = rng.choice(_NAMES)
     other = rng.choice([n for n in _NAMES if n != me])
     bubbles = []
@@ -455,24 +459,97 @@ def _chat(rng: random.Random) -> tuple[Image.Image, list[str], int]:
         ours = turn % 2 == 1 if rng.random() < 0.8 else rng.random() < 0.5
         bubbles.append((ours, _wrap(sentence(rng, 3, 12), face, int(width * 0.6))))
     line_h = round(size * 1.35)
-    height = 40 + sum(len(lines) * line_h + 2 * 10 + (0 if ours else small.size + 10) + 14 for ours, lines in bubbles)
+    top = round(20 * scale) + (round(60 * scale) if scale > 1 else 0)
+    height = top + round(20 * scale) + sum(len(lines) * line_h + 2 * pad + (0 if ours else small.size + pad) + gap
+                                           for ours, lines in bubbles)
+    if scale > 1:  # a phone screen: 1080 x 2340 at least
+        height = max(height, 2340)
     image = Image.new("RGB", (width, height), bg)
     draw = ImageDraw.Draw(image)
     truth: list[str] = []
-    y = 20
+    margin = round(20 * scale)
+    if scale > 1:  # the status bar: time left, battery right
+        clock, battery = f"{rng.randint(7, 23)}:{rng.randint(0, 59):02d}", f"{rng.randint(5, 100)}%"
+        draw.text((margin * 2, margin), clock, font=small, fill=ink_for(bg))
+        draw.text((width - margin * 2 - text_width(battery, small), margin), battery, font=small, fill=ink_for(bg))
+        truth.extend((clock, battery))
+    y = top
     for ours, lines in bubbles:
-        block_w = max(text_width(line, face) for line in lines) + 2 * 14
-        block_h = len(lines) * line_h + 2 * 10
+        block_w = max(text_width(line, face) for line in lines) + 2 * radius
+        block_h = len(lines) * line_h + 2 * pad
         if not ours:
-            draw.text((20, y), other, font=small, fill=name_color)
+            draw.text((margin, y), other, font=small, fill=name_color)
             truth.append(other)
-            y += small.size + 10
-        x = width - 20 - block_w if ours else 20
-        draw.rounded_rectangle((x, y, x + block_w, y + block_h), radius=14, fill=mine if ours else theirs)
-        _draw_lines(draw, (x + 14, y + 10), lines, face, (255, 255, 255) if ours else text_theirs, 1.35)
+            y += small.size + pad
+        x = width - margin - block_w if ours else margin
+        draw.rounded_rectangle((x, y, x + block_w, y + block_h), radius=radius, fill=mine if ours else theirs)
+        _draw_lines(draw, (x + radius, y + pad), lines, face, (255, 255, 255) if ours else text_theirs, 1.35)
         truth.extend(lines)
-        y += block_h + 14
+        y += block_h + gap
     return image, truth, size
+
+
+def ink_for(background: RGB) -> RGB:
+    """Near-black on light backgrounds, near-white on dark ones."""
+    return (20, 20, 24) if _luma(background) > 128 else (235, 235, 240)
+
+
+def _phone(rng: random.Random) -> tuple[Image.Image, list[str], int]:
+    """A phone chat screenshot (1080 px wide, ~2.75 px per point): fitted to 1920 px tall on the way in."""
+    image, truth, size = _chat(rng, scale=2.75)
+    shrink = min(1.0, MAX_SIDE / max(image.size))
+    return image, truth, round(size * shrink)
+
+
+def _desktop(rng: random.Random) -> tuple[Image.Image, list[str], int]:
+    """A whole desktop window at 1600x900, 1920x1080 or 2560x1440 with 13-16 px UI text.
+
+    The reader gets it fitted to 1920 px, so a 1440p screenshot's 14 px text arrives at 10.5 px:
+    the case that sets how small the gate may shrink a picture. A sidebar and the main pane share
+    one row grid, so reading order is row by row, left to right, as a line detector returns it.
+    """
+    screen = rng.choice(((1600, 900), (1920, 1080), (1920, 1080), (2560, 1440)))
+    size = rng.choice((13, 14, 15, 16))
+    dark = rng.random() < 0.5
+    bg: RGB = (30, 31, 34) if dark else (250, 250, 250)
+    side_bg: RGB = (43, 45, 49) if dark else (236, 236, 240)
+    ink = ink_for(bg)
+    mono = rng.random() < 0.5
+    face = font("mono" if mono else "sans", size)
+    image = Image.new("RGB", screen, bg)
+    draw = ImageDraw.Draw(image)
+    bar_h = size * 2 + 8
+    title = f"{rng.choice(_WORDS)}.{rng.choice(('py', 'md', 'txt', 'log'))} - {rng.choice(_WORDS)} - " \
+            f"{rng.choice(('Editor', 'Notes', 'Terminal', 'Browser'))}"
+    title_face = font("sans", size)
+    draw.rectangle((0, 0, screen[0], bar_h), fill=side_bg)
+    draw.text(((screen[0] - text_width(title, title_face)) // 2, (bar_h - size) // 2), title, font=title_face, fill=ink)
+    truth = [title]
+    side_w = rng.choice((220, 260, 300))
+    draw.rectangle((0, bar_h, side_w, screen[1]), fill=side_bg)
+    line_h = round(size * 1.7)
+    rows = rng.randint(12, 22)
+    sidebar = rng.randint(4, 9)
+    y = bar_h + 16
+    for row in range(rows):
+        if row < sidebar:
+            item = f"{rng.choice(_WORDS)}_{rng.choice(_WORDS)}.{rng.choice(('py', 'md', 'txt'))}"
+            draw.text((16, y), item, font=face, fill=ink)
+            truth.append(item)
+        if rng.random() < 0.85:
+            line = sentence(rng, 3, 12)
+            if row == rows // 2:
+                line = f"Error: connection refused ({rng.choice(_HOSTS)}:{rng.choice((5432, 6379, 8080))})"
+            draw.text((side_w + 24, y), line, font=face, fill=(220, 70, 60) if line.startswith("Error") else ink)
+            truth.append(line)
+        y += line_h
+    status = f"Ln {rng.randint(1, 400)}, Col {rng.randint(1, 80)}"
+    draw.rectangle((0, screen[1] - bar_h, screen[0], screen[1]), fill=side_bg)
+    draw.text((screen[0] - 24 - text_width(status, title_face), screen[1] - bar_h + (bar_h - size) // 2), status,
+              font=title_face, fill=ink)
+    truth.append(status)
+    shrink = min(1.0, MAX_SIDE / max(screen))
+    return image, truth, round(size * shrink)
 
 
 def _terminal(rng: random.Random) -> tuple[Image.Image, list[str], int]:
@@ -597,7 +674,8 @@ def _receipt(rng: random.Random) -> tuple[Image.Image, list[str], int]:
 
 
 _LAYOUTS: dict[str, Callable[[random.Random], tuple[Image.Image, list[str], int]]] = {
-    "chat": _chat, "terminal": _terminal, "settings": _settings, "receipt": _receipt,
+    "chat": _chat, "terminal": _terminal, "settings": _settings, "receipt": _receipt, "desktop": _desktop,
+    "phone": _phone,
 }
 
 
@@ -642,7 +720,12 @@ _MAKERS: dict[str, Callable[[random.Random, int], Sample]] = {
 
 # ----------------------------------------------------------------------------- photos without text
 
-_NOTEXT_VARIANTS = ("original", "mirror", "flip", "crop-centre", "crop-corner", "rotate-90", "upscale-2x")
+_NOTEXT_VARIANTS = ("original", "mirror", "flip", "crop-centre", "crop-corner", "rotate-90", "phone-size",
+                    "downscale-half")
+#: Longest sides of photos as posted: a phone camera's picture reaches the reader fitted to 1920 px,
+#: smaller ones are shared or edited copies. The bundled photos are 300-1400 px, so all variants but
+#: "original" and "downscale-half" are brought to one of these (the gate's cost depends on it).
+_POSTED_SIDES = (1280, 1600, 1920, 1920)
 
 
 def _notext(index: int, seed: int) -> Sample:
@@ -665,8 +748,12 @@ def _notext(index: int, seed: int) -> Sample:
         image = image.crop((x, y, x + cw, y + ch))
     elif variant == "rotate-90":
         image = image.rotate(90, expand=True)
-    elif variant == "upscale-2x":  # a phone-sized upload of the same scene
-        image = image.resize((image.width * 2, image.height * 2), Image.Resampling.BICUBIC)
+    elif variant == "downscale-half":  # a thumbnail-sized repost
+        image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
+    if variant not in ("original", "downscale-half"):
+        longest = MAX_SIDE if variant == "phone-size" else rng.choice(_POSTED_SIDES)
+        scale = longest / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
     return Sample(f"notext-{index:03d}", "notext", f"{name}/{variant}", 0, _finish(image, jpeg_quality=90), ())
 
 
