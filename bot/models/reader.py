@@ -7,8 +7,10 @@ its real weights.
 Most pictures people post are photos with no text, so a read starts with a **gate**: text detection
 alone on a copy at most ``gate_side`` pixels long (``bench/results/ocr_cpu.md`` has the costs). No
 box there means no text and the picture costs nothing more; otherwise the full pipeline runs on the
-``max_side`` copy. The gate's size is set by screenshots: a 1920 px wide screenshot's 14-16 px text
-is ~5 px at 640 and still found, but lost at 480 (measured while choosing the default). Lines read
+``max_side`` copy. The gate's size is set by screenshots: at 480 the gate passes only 30 % of
+whole-desktop screenshots (13-16 px text at 1600-2560 px), at 640 80 % (it misses 11-12 px text), at
+960 all of them but at three times the cost per photo (``bench/results/ocr_cpu.md``). Boxes shaped
+like blobs rather than lines do not count (:data:`GATE_MAX_SHORT`). Lines read
 with less than ``min_confidence`` are dropped, and so are lines with fewer than two letters or digits
 unless read with :data:`SHORT_LINE_CONFIDENCE`: photo textures that pass the gate mostly read as a
 lone, doubtful character.
@@ -37,6 +39,13 @@ log = logging.getLogger(__name__)
 MODEL_ID = "rapidocr/PP-OCRv6-small"
 #: A line with fewer than two letters/digits is kept only when read at least this surely.
 SHORT_LINE_CONFIDENCE = 0.9
+#: The gate's shape rule: a box counts as text when it is thin (its short side at most this share of the
+#: picture's short side) or long (its long side at least :data:`GATE_MIN_ASPECT` times its short side).
+#: What the detector finds on photos without text is one big, roughly square blob (a cup rim, a clock
+#: face): gate hits on 104 photos without text dropped from 29 to 1, with no text image lost
+#: (bench/results/ocr_cpu.md).
+GATE_MAX_SHORT = 0.25
+GATE_MIN_ASPECT = 2.0
 
 
 @dataclass(frozen=True)
@@ -64,9 +73,14 @@ class TextReader:
                  max_chars: int = 1000) -> None:
         from rapidocr import RapidOCR
 
-        quiet = {"Global.log_level": "error"}
-        # The full reader: the detector's own resize (shortest side to 736, then capped at max_side).
-        self._engine = RapidOCR(params={**quiet, "Global.max_side_len": max_side})
+        # One onnxruntime thread per engine: the same text for about half the CPU time (measured: 754 → 389
+        # ms CPU p50 per picture with text, 137 → 85 ms per photo without), and the model turn's other
+        # roles keep the second core.
+        quiet = {"Global.log_level": "error", "EngineConfig.onnxruntime.intra_op_num_threads": 1}
+        # The full reader: the detector scales the shortest side up to 480 (RapidOCR's own 736 splits
+        # small lines into pieces read out of order; measured CER 1.83 → 1.21 %, CPU p50 337 → 252 ms),
+        # and the longest side is capped at max_side.
+        self._engine = RapidOCR(params={**quiet, "Global.max_side_len": max_side, "Det.limit_side_len": 480})
         # The gate: detection only, on a copy whose longest side is at most gate_side.
         self._gate = RapidOCR(params={**quiet, "Det.limit_side_len": gate_side, "Det.limit_type": "max",
                                       "Global.min_side_len": 0})
@@ -91,12 +105,15 @@ class TextReader:
         return [joined(self.read_lines(image), self.max_chars) for image in images]
 
     def has_text(self, image: Image.Image) -> bool:
-        """The gate alone: whether the detector finds any text box on the small copy."""
+        """The gate alone: whether the detector finds a text-shaped box on the small copy."""
         pixels = _pixels(image, self.gate_side)
         with self._lock:
             found = self._gate(pixels, use_det=True, use_cls=False, use_rec=False)
         boxes = getattr(found, "boxes", None)
-        return boxes is not None and len(boxes) > 0
+        if boxes is None:
+            return False
+        short_side = min(pixels.shape[:2])
+        return any(_text_shaped(box, short_side) for box in boxes)
 
     def read_lines(self, image: Image.Image) -> list[TextLine]:
         """The confident lines of one image, top to bottom; [] when the gate finds no text."""
@@ -114,6 +131,15 @@ class TextReader:
         if line.confidence < self.min_confidence or not line.text:
             return False
         return sum(char.isalnum() for char in line.text) >= 2 or line.confidence >= SHORT_LINE_CONFIDENCE
+
+
+def _text_shaped(box: Sequence[Sequence[float]], picture_short: int) -> bool:
+    """Whether a detected quadrilateral (corners clockwise from top-left) looks like a line of text."""
+    (x0, y0), (x1, y1), _, (x3, y3) = ((float(x), float(y)) for x, y in box[:4])
+    width = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5
+    height = ((x3 - x0) ** 2 + (y3 - y0) ** 2) ** 0.5
+    short, long = min(width, height), max(width, height)
+    return short <= GATE_MAX_SHORT * picture_short or long >= GATE_MIN_ASPECT * max(short, 1.0)
 
 
 def _pixels(image: Image.Image, longest: int) -> np.ndarray:
