@@ -3,8 +3,9 @@
 #   docker build --build-arg TORCH=cuda -t imagebot:cuda .  # PyPI's torch 2.14.1 with its CUDA 13.0 libraries
 # Run the CUDA image with --gpus all (NVIDIA driver >= 580 on the host, NVIDIA Container Toolkit); see
 # docker-compose.yml. TORCH also takes a PyTorch index name (cu126, cu128, cu130, ...) or an index URL.
-# The build stage installs into /opt/venv; the runtime stage is the slim base plus that venv, the
-# label sets and config.toml: no compiler, no pip cache, no build/ or egg-info, no test tools.
+# The build stage installs the dependencies into /opt/venv; the runtime stage is the slim base plus
+# that venv and the bot's code, label sets and config.toml in /app: no pip cache, no build/ or
+# egg-info (the bot is run from /app, not installed), no test tools.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -29,29 +30,30 @@ RUN set -eu; \
     echo "torch: $pins from ${index:-PyPI}"; \
     pip install -c constraints.txt ${index:+--index-url "$index"} $pins
 
-# The other dependencies: reused until pyproject.toml changes (stub packages stand in for the code).
-COPY pyproject.toml README.md ./
-RUN mkdir -p bot cogs && touch bot/__init__.py cogs/__init__.py \
-    && pip install -c constraints.txt . \
-    && pip uninstall -y imagebot
-
-COPY bot bot
-COPY cogs cogs
-RUN pip install --no-deps . \
-    && python -c "import torch, bot.cli; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+# The other runtime dependencies (pyproject's [project] dependencies; no test extras): reused until
+# pyproject.toml changes. The bot's own code is not installed here; the runtime stage copies it.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        > requirements.txt \
+    && pip install -c constraints.txt -r requirements.txt
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/models \
     OMP_WAIT_POLICY=PASSIVE \
-    IMAGEBOT_CONFIG=/app/config.toml
+    IMAGEBOT_CONFIG=/app/config.toml \
+    PYTHONPATH=/app
 RUN useradd --create-home --uid 10001 imagebot
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
+COPY bot bot
+COPY cogs cogs
 COPY labels labels
 COPY config.toml config.toml
-RUN mkdir -p /models /app/data && chown imagebot:imagebot /models /app/data
+RUN python -m compileall -q bot cogs \
+    && python -c "import torch, bot.cli; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" \
+    && mkdir -p /models /app/data && chown imagebot:imagebot /models /app/data
 
 USER imagebot
 # Model weights (Hugging Face cache, ~2.2 GB after the first start) and the bot's data (Chroma,

