@@ -10,8 +10,9 @@ worker thread runs :meth:`Analyzer.analyze` on the previous batch, which then on
 prepared tensors, copies them to the device and runs the models.
 
 Analysis also comes in two tiers, for a small host where the captioner is most of the cost (BLIP is
-~0.8 s of the ~0.9 s an image costs on a 2-core CPU): :meth:`Analyzer.analyze_fast` runs CLIP only
-(labels, image topics and mood, the image vector: a picture is findable within a second) and
+~0.8 s of the ~0.9 s an image costs on a 2-core CPU): :meth:`Analyzer.analyze_fast` runs CLIP
+and the text reader (labels, image topics and mood, the image vector, the words in the picture: a
+picture is findable within a second, a screenshot by what it says) and
 :meth:`Analyzer.caption` runs BLIP and the caption's text roles later. Together they give exactly
 what :meth:`Analyzer.analyze` gives (``fast.with_caption(part) == full``).
 
