@@ -25,7 +25,7 @@ The tunables are swept without extra reads: every image is read once by the conf
 answer for any (gate_side, min_confidence) is then "the full read's lines at or above min_confidence
 if that gate found a box, else nothing". These measuring readers run onnxruntime on one thread (it
 gives the same text, and on a shared 2-core machine twice the throughput: the whole run fits in
-~10 minutes). The configured reader itself, onnxruntime on both cores as the bot runs it, is timed
+~10 minutes). The configured reader itself, exactly as the bot runs it, is timed
 directly on every photo without text and on every 5th text image, and its answers check the
 composition.
 
@@ -223,7 +223,7 @@ def _with_params(build: Callable[[], Any], extra: dict[str, Any]) -> Any:
 
 @dataclass
 class Readers:
-    product: Any  # the reader exactly as configured (bot.config.OcrSettings defaults, default threads)
+    product: Any  # the reader exactly as configured (bot.config.OcrSettings defaults, its own thread setting)
     gates: dict[int, Any]  # one per swept gate_side, onnxruntime on one thread
     ungated: Any  # the configured pipeline minus its gate and confidence floor, one thread
     settings: Any
@@ -272,7 +272,7 @@ class Measured:
     # box on a photo without text (then no configuration ever runs it).
     full: list[tuple[str, float]] | None = None
     full_time: Timed | None = None
-    # The configured reader itself (default threads), where it was run: its answer, the time of
+    # The configured reader itself (its own thread setting), where it was run: its answer, the time of
     # TextReader.read and of TextReader.has_text alone.
     direct: str | None = None
     direct_time: Timed | None = None
@@ -478,7 +478,8 @@ def report(measured: list[Measured], info: dict[str, Any], *, readers: Readers, 
         "Text reader (OCR): quality and cost on the CPU", info,
         [f"- produced by `{command}` in {elapsed / 60:.1f} min; load average at the end: {load_end}",
          f"- reader: `bot.models.reader.TextReader` (RapidOCR PP-OCRv6 small det + cls + rec, onnxruntime "
-         f"{onnxruntime.__version__}, its default threads: one per core), configured by `OcrSettings()` defaults: "
+         f"{onnxruntime.__version__}, one onnxruntime thread per engine, as `bot/models/reader.py` sets it), "
+         "configured by `OcrSettings()` defaults: "
          f"`gate_side = {gate}`, `max_side = {settings.max_side}`, `min_confidence = {conf}`",
          f"- corpus: {corpus_note}",
          "- CER = Levenshtein edits / ground-truth characters, both texts whitespace-normalised (lines joined by "
@@ -486,7 +487,7 @@ def report(measured: list[Measured], info: dict[str, Any], *, readers: Readers, 
          "gate found text = the share of images the gate passed on to the full read",
          "- times: wall clock and process CPU-seconds per image (onnxruntime's threads included), p50/p95; "
          "*read* = what the bot runs: the gate, then the full OCR when the gate finds a box. **As configured** = "
-         "the bot's reader itself, onnxruntime's default threads (one per core: both cores here), timed on every "
+         "the bot's reader itself, one onnxruntime thread per engine (as shipped), timed on every "
          f"photo without text and every {DIRECT_EVERY}th text image; **1 thread** = the measuring readers behind "
          "every quality figure and the sweep (same models and settings, onnxruntime on one thread; the same text, "
          "see *Consistency*), timed on every image"],
@@ -574,9 +575,9 @@ def _time_section(ctx: Context, gate: int, conf: float) -> list[str]:
     for label, items in ((f"with text (every {DIRECT_EVERY}th)", ctx.text), ("without text", ctx.notext)):
         timed = [m for m in items if m.direct_time is not None and m.direct_gate_time is not None]
         if timed:
-            out.append(f"| as configured (both cores) | {label}: {len(timed)} | gate alone ({gate} px) | "
+            out.append(f"| as configured (1 thread) | {label}: {len(timed)} | gate alone ({gate} px) | "
                        + " | ".join(_times([m.direct_gate_time for m in timed if m.direct_gate_time])) + " |")
-            out.append(f"| as configured (both cores) | {label}: {len(timed)} | read (gate + OCR on a hit) | "
+            out.append(f"| as configured (1 thread) | {label}: {len(timed)} | read (gate + OCR on a hit) | "
                        + " | ".join(_times([m.direct_time for m in timed if m.direct_time])) + " |")
     for label, items in (("with text", ctx.text), ("without text", ctx.notext)):
         if not items:
@@ -846,7 +847,7 @@ def _variants(ctx: Context, gate: int, conf: float, *, detector: bool = True) ->
                              ("without text", [m for m in threaded if m.category == "notext"])):
             if group:
                 gate_cpu = fmt_s(_p50([m.direct_gate_time.cpu for m in group if m.direct_gate_time]))
-                out.append(f"| {label} ({len(group)}) | default (one per core) | {gate_cpu} | "
+                out.append(f"| {label} ({len(group)}) | as configured (1) | {gate_cpu} | "
                            + " | ".join(_times([m.direct_time for m in group if m.direct_time])) + " |")
                 gate_cpu = fmt_s(_p50([m.gate_time[gate].cpu for m in group]))
                 out.append(f"| {label} ({len(group)}) | 1 | {gate_cpu} | "
