@@ -72,7 +72,10 @@ class OcrSettings(_Section):
     max_side: Annotated[int, Field(ge=256, le=4096)] = 1920
     # The cheap first pass: text detection on a copy this small; no box found means no text, and
     # the picture skips the full read (bench/results/ocr_cpu.md).
-    gate_side: Annotated[int, Field(ge=64, le=2048)] = 640
+    gate_side: Annotated[int, Field(ge=64, le=2048)] = 480
+    # A second pass at this size only for pictures that found nothing at gate_side but look like a
+    # screen (large flat areas): small UI text on a wide desktop screenshot. 0 turns it off.
+    screen_gate_side: Annotated[int, Field(ge=0, le=2048)] = 960
     # Recognised lines below this confidence are dropped (photo textures read as junk otherwise).
     min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.6
     # Characters of text kept per picture (the context line shows fewer).

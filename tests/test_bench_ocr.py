@@ -102,8 +102,8 @@ def test_bench_runs_end_to_end_on_a_few_images(tmp_path):
     assert float(row[4]) < 10.0, row[0]
     consistency = re.search(r"on (\d+) of (\d+) images read both ways", report)
     assert consistency and consistency[1] == consistency[2] and int(consistency[2]) == 3  # 1 text + 2 photos
-    # The swept sides are the asked ones plus the configured one, each with every min_confidence.
-    sides = {320, OcrSettings().gate_side}
+    # The swept sides are the asked ones plus the configured two stages, each with every min_confidence.
+    sides = {320, OcrSettings().gate_side, OcrSettings().screen_gate_side}
     sweep = report.split("## Sweep", 1)[1].split("- quality first", 1)[0]
     swept = re.findall(r"^\| (\d+)(?: \(current\))? \| (0\.\d)", sweep, re.M)
     assert sorted(swept) == sorted((str(side), str(conf)) for side in sides for conf in CONFIDENCES)

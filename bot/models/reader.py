@@ -5,12 +5,15 @@ ship inside the ``rapidocr`` wheel, so this role never downloads anything and th
 its real weights.
 
 Most pictures people post are photos with no text, so a read starts with a **gate**: text detection
-alone on a copy at most ``gate_side`` pixels long (``bench/results/ocr_cpu.md`` has the costs). No
-box there means no text and the picture costs nothing more; otherwise the full pipeline runs on the
-``max_side`` copy. The gate's size is set by screenshots: at 480 the gate passes only 30 % of
-whole-desktop screenshots (13-16 px text at 1600-2560 px), at 640 80 % (it misses 11-12 px text), at
-960 all of them but at three times the cost per photo (``bench/results/ocr_cpu.md``). Boxes shaped
-like blobs rather than lines do not count (:data:`GATE_MAX_SHORT`). Lines read
+alone on a small copy. No text-shaped box there means no text and the picture costs nothing more;
+otherwise the full pipeline runs on the ``max_side`` copy. The gate has two stages, because photos
+and screenshots want different sizes (measured, ``bench/results/ocr_cpu.md``): a single gate at 480 px
+costs a photo ~34 ms but passes only 30 % of whole-desktop screenshots (13-16 px text at 1600-2560 px
+wide); at 640 it passes 80 % for ~60 ms per photo; at 960 all of them for ~140 ms. So the first stage
+runs at ``gate_side`` (480) on every picture, and only a picture that found nothing there *and looks
+like a screen* (:func:`looks_like_a_screen`: large areas of one flat tone, as UI backgrounds have and
+photos almost never do) gets the second stage at ``screen_gate_side`` (960). Boxes shaped like blobs
+rather than lines do not count (:data:`GATE_MAX_SHORT`). Lines read
 with less than ``min_confidence`` are dropped, and so are lines with fewer than two letters or digits
 unless read with :data:`SHORT_LINE_CONFIDENCE`: photo textures that pass the gate mostly read as a
 lone, doubtful character.
@@ -46,6 +49,10 @@ SHORT_LINE_CONFIDENCE = 0.9
 #: (bench/results/ocr_cpu.md).
 GATE_MAX_SHORT = 0.25
 GATE_MIN_ASPECT = 2.0
+#: A picture "looks like a screen" when at least this share of the gate copy's pixels lie within ±2 of
+#: its most common gray level. Measured on the benchmark corpus: screenshots (chat, desktop, phone,
+#: terminal, settings, receipt) 0.48-0.89; photos p50 0.10, p90 ~0.3, only dark-sky photos above 0.45.
+SCREEN_FLAT_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,8 @@ class TextReader:
 
     model_id = MODEL_ID
 
-    def __init__(self, *, gate_side: int = 640, max_side: int = 1920, min_confidence: float = 0.6,
-                 max_chars: int = 1000) -> None:
+    def __init__(self, *, gate_side: int = 480, max_side: int = 1920, min_confidence: float = 0.6,
+                 max_chars: int = 1000, screen_gate_side: int | None = 960) -> None:
         from rapidocr import RapidOCR
 
         # One onnxruntime thread per engine: the same text for about half the CPU time (measured: 754 → 389
@@ -81,10 +88,14 @@ class TextReader:
         # small lines into pieces read out of order; measured CER 1.83 → 1.21 %, CPU p50 337 → 252 ms),
         # and the longest side is capped at max_side.
         self._engine = RapidOCR(params={**quiet, "Global.max_side_len": max_side, "Det.limit_side_len": 480})
-        # The gate: detection only, on a copy whose longest side is at most gate_side.
+        # The gate: detection only, on a copy whose longest side is at most gate_side (and, for pictures
+        # that look like a screen, once more at screen_gate_side; None: no second stage).
         self._gate = RapidOCR(params={**quiet, "Det.limit_side_len": gate_side, "Det.limit_type": "max",
                                       "Global.min_side_len": 0})
+        self._screen_gate = None if screen_gate_side is None else RapidOCR(params={
+            **quiet, "Det.limit_side_len": screen_gate_side, "Det.limit_type": "max", "Global.min_side_len": 0})
         self.gate_side = gate_side
+        self.screen_gate_side = screen_gate_side
         self.max_side = max_side
         self.min_confidence = min_confidence
         self.max_chars = max_chars
@@ -98,17 +109,26 @@ class TextReader:
         if not settings.enabled:
             return None
         return cls(gate_side=settings.gate_side, max_side=settings.max_side,
-                   min_confidence=settings.min_confidence, max_chars=settings.max_chars)
+                   min_confidence=settings.min_confidence, max_chars=settings.max_chars,
+                   screen_gate_side=settings.screen_gate_side or None)
 
     def read(self, images: Sequence[Image.Image]) -> list[str]:
         """The text of each image, its lines joined by newlines ("" when it has none)."""
         return [joined(self.read_lines(image), self.max_chars) for image in images]
 
     def has_text(self, image: Image.Image) -> bool:
-        """The gate alone: whether the detector finds a text-shaped box on the small copy."""
+        """The gate alone: whether the detector finds a text-shaped box on the small copy (or, for a
+        picture that looks like a screen, on the larger one)."""
         pixels = _pixels(image, self.gate_side)
+        if self._finds_text(self._gate, pixels):
+            return True
+        if self._screen_gate is None or self.screen_gate_side is None or not looks_like_a_screen(pixels):
+            return False
+        return self._finds_text(self._screen_gate, _pixels(image, self.screen_gate_side))
+
+    def _finds_text(self, gate: object, pixels: np.ndarray) -> bool:
         with self._lock:
-            found = self._gate(pixels, use_det=True, use_cls=False, use_rec=False)
+            found = gate(pixels, use_det=True, use_cls=False, use_rec=False)  # type: ignore[operator]
         boxes = getattr(found, "boxes", None)
         if boxes is None:
             return False
@@ -131,6 +151,13 @@ class TextReader:
         if line.confidence < self.min_confidence or not line.text:
             return False
         return sum(char.isalnum() for char in line.text) >= 2 or line.confidence >= SHORT_LINE_CONFIDENCE
+
+
+def looks_like_a_screen(pixels: np.ndarray) -> bool:
+    """Whether a grayscale picture has the large flat areas of a screenshot (:data:`SCREEN_FLAT_SHARE`)."""
+    counts = np.bincount(pixels.ravel(), minlength=256)
+    top = int(counts.argmax())
+    return float(counts[max(0, top - 2):top + 3].sum()) >= SCREEN_FLAT_SHARE * pixels.size
 
 
 def _text_shaped(box: Sequence[Sequence[float]], picture_short: int) -> bool:
