@@ -40,6 +40,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from bot.client import ImageBot
     from bot.config import Settings
     from bot.ingest import BacklogEvent
+    from bot.memory.store import Audience
     from bot.services import Services
     from tests.harness.discord_server import FakeDiscordServer
     from tests.harness.fixtures import build_world, make_fast, running_bot
@@ -157,7 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await probe_task
             progress_task.cancel()
             store = bot.services.memory.store.store
-            records = store.images(world.guild.id, visible_channel_ids=None, allow_nsfw=True, requester_id=0)
+            records = store.images(Audience.everything(world.guild.id))
             burst_set = set(burst_ids)
             stored = [r for r in records if r.ref.attachment_id in burst_set]
             load_replies = [m for m in server.bot_messages() if m.reference is not None and m.reference.id in {

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import chromadb
 import numpy as np
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.analysis import ImageAnalysis, Scored, Sentiment
 from bot.memory.records import ImageRef, from_metadata, to_metadata
-from bot.memory.store import HNSW, RRF_K, Filters, ImageStore, Visibility
+from bot.memory.store import HNSW, RRF_K, Audience, Filters, ImageStore, Visibility
 
 GUILD = 700_000_000_000_000_000
 OTHER_GUILDS = (GUILD + 1, GUILD + 2)
@@ -256,10 +257,12 @@ def main() -> None:
         where_store = ImageStore(store.client, prefix="bench", visibility_mode="where")
         naive = NaiveStore(client(Path(tmp) / "naive"))
 
-        def find(target: ImageStore, **filters: object) -> Callable[[int], object]:
-            return lambda i: target.search(GUILD, text_vector=qtext[i], clip_vector=qclip[i],
-                                           visible_channel_ids=visible, allow_nsfw=False, requester_id=AUTHORS[0],
-                                           limit=10, **filters)  # type: ignore[arg-type]
+        requester = Audience(AUTHORS[0], GUILD, frozenset(visible), False)
+        anyone = Audience(0, GUILD, frozenset(visible), False)
+
+        def find(target: ImageStore, **filters: Any) -> Callable[[int], object]:
+            return lambda i: target.search(requester, Filters(**filters), text_vector=qtext[i], clip_vector=qclip[i],
+                                           limit=10)
 
         # Other guilds first (they share the naive collections, and have their own in the real layout).
         for guild in OTHER_GUILDS:
@@ -285,8 +288,8 @@ def main() -> None:
         rows.append(("search", f"{n} single collection + where (naive)", timed(
             lambda i: naive.search(GUILD, qtext[i], qclip[i], visibility), slow)))
         rows.append(("search", f"{n} per-guild, unrestricted (visible=None, nsfw ok)", timed(
-            lambda i: store.search(GUILD, text_vector=qtext[i], clip_vector=qclip[i], visible_channel_ids=None,
-                                   allow_nsfw=True, requester_id=0), args.queries)))
+            lambda i: store.search(Audience.everything(GUILD), text_vector=qtext[i], clip_vector=qclip[i]),
+            args.queries)))
         for label, target in (("post-filter", store), ("$in where", where_store)):
             got = recall(target, truth, visibility, qtext, qclip)
             notes.append(f"At {n}, {label}: recall@10 vs exact search over visible records: "
@@ -309,16 +312,14 @@ def main() -> None:
             notes.append(f"At {n}, post-filter: recall@10 vs exact search over visible records: "
                          f"caption space {got['text']:.2f}, CLIP space {got['clip']:.2f}.")
             rows.append(("similar", f"{n} image→image, post-filter", timed(
-                lambda i: store.similar(GUILD, qclip[i], visible_channel_ids=visible, allow_nsfw=False,
-                                        requester_id=0), args.queries)))
-            seen = {"visible_channel_ids": visible, "allow_nsfw": False, "requester_id": 0, "now": NOW}
+                lambda i: store.similar(anyone, qclip[i]), args.queries)))
             rows.append(("browse", f"{n} browse newest 25, no filter", timed(
-                lambda i: store.browse(GUILD, **seen), 5, 1)))  # type: ignore[arg-type]
+                lambda i: store.browse(anyone, now=NOW), 5, 1)))
             rows.append(("browse", f"{n} browse newest 25 by a frequent poster (4% of images)", timed(
-                lambda i: store.browse(GUILD, author_id=AUTHORS[3], **seen), 5, 1)))  # type: ignore[arg-type]
+                lambda i: store.browse(anyone, Filters(author_id=AUTHORS[3]), now=NOW), 5, 1)))
             rows.append(("count", f"{n} count visible (for /stats)", timed(
-                lambda i: store.count(GUILD, visible_channel_ids=visible, allow_nsfw=False), 5, 1)))
-            rows.append(("count", f"{n} count all", timed(lambda i: store.count(GUILD), 20, 1)))
+                lambda i: store.count(anyone), 5, 1)))
+            rows.append(("count", f"{n} count all", timed(lambda i: store.count(Audience.everything(GUILD)), 20, 1)))
 
     notes.append(f"Load average (1/5/15 min) at start {load_at_start}, at end {_load()}: other work shared "
                  "this machine during the run, so treat p95 values as upper bounds.")

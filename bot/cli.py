@@ -399,13 +399,13 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bot.memory.store import ImageStore
+    from bot.memory.store import Audience, ImageStore
     from bot.overview.compare import compare_images, render_compare, report_dict
 
     store = ImageStore.open(_settings(args))
     guilds = [args.guild] if args.guild is not None else [g for g, _ in store.spaces() if g is not None]
     images = [image for guild in guilds
-              for image in store.images(guild, visible_channel_ids=None, allow_nsfw=True, requester_id=0)]
+              for image in store.images(Audience.everything(guild))]
     report = compare_images(images, examples=args.examples)
     if args.json:
         print(json.dumps(report_dict(report), indent=2))

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from bot.analysis import ImageAnalysis, Scored, Sentiment
 from bot.config import MemorySettings, Settings
 from bot.memory.records import ImageRef
+from bot.memory.store import Audience
 
 if TYPE_CHECKING:
     from bot.overview.charts import Chart
@@ -229,7 +230,7 @@ def url_of(message) -> str:
 
 def store_count(bot, guild_id) -> int:
     """How many pictures of the guild the running bot's memory holds."""
-    return bot.services.memory.store.store.count(guild_id)
+    return bot.services.memory.store.store.count(Audience.everything(guild_id))
 
 
 def user_prompt(ollama, index: int = -1) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from bot.config import load_settings
 from bot.ingest.ledger import IngestLedger
-from bot.memory.store import ImageStore
+from bot.memory.store import Audience, ImageStore
 from cogs.images import SEEN_REACTION
 from tests.harness.bot_process import start_bot_process, stop_bot_process, write_bot_config
 from tests.helpers import reacted
@@ -73,4 +73,4 @@ async def test_kill_minus_nine_mid_burst_then_restart_stores_every_picture_once(
 def _records(settings, guild_id):
     # Only once the bot has exited: embedded Chroma keeps its index in the writing process's memory.
     store = ImageStore.open(settings)
-    return store.images(guild_id, visible_channel_ids=None, allow_nsfw=True, requester_id=0)
+    return store.images(Audience.everything(guild_id))

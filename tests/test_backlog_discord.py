@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from bot.memory.store import Audience
 from cogs.images import SEEN_REACTION
 from tests.helpers import reacted, user_prompt
 from tests.imagebot_fixtures import marked_settings, running_imagebot
@@ -55,8 +56,7 @@ async def held_bot(request, discord_server, discord_world, tiny_settings, held, 
 
 def stored(bot, guild_id) -> dict[int, Any]:
     store = bot.services.memory.store.store
-    return {image.ref.attachment_id: image for image in store.images(
-        guild_id, visible_channel_ids=None, allow_nsfw=True, requester_id=0)}
+    return {image.ref.attachment_id: image for image in store.images(Audience.everything(guild_id))}
 
 
 async def post(server, channel, user, name, data, text=""):

@@ -13,7 +13,7 @@ import pytest
 
 from bot.analysis import PENDING_CAPTION, ImageAnalysis, Sentiment
 from bot.memory.records import ImageRef, from_metadata, to_metadata
-from bot.memory.store import INDEX_KEYS, AsyncImageStore, ImageStore
+from bot.memory.store import INDEX_KEYS, AsyncImageStore, Audience, Filters, ImageStore
 from tests.helpers import (
     ADULT,
     ALICE,
@@ -61,8 +61,14 @@ def store(tmp_path) -> ImageStore:
 
 def search(store: ImageStore, guild=GUILD_A, *, text=None, clip=None, visible=None, nsfw=False, requester=ALICE,
            **kwargs):
-    return store.search(guild, text_vector=text, clip_vector=clip, visible_channel_ids=visible, allow_nsfw=nsfw,
-                        requester_id=requester, **kwargs)
+    """The store's search for an audience built from these few words, explicit filters by keyword."""
+    filters = Filters(**{key: kwargs.pop(key) for key in list(kwargs) if key in FILTER_KEYS})
+    audience = Audience(requester, guild, None if visible is None else frozenset(visible), nsfw)
+    return store.search(audience, filters, text_vector=text, clip_vector=clip, **kwargs)
+
+
+ALICE_PUBLIC = Audience(ALICE, GUILD_A, frozenset({PUBLIC}), False)  # alice, who can read #public only
+FILTER_KEYS = {"author_id", "channel_id", "sentiment", "topic", "since", "until"}
 
 
 def ids(hits) -> list[int]:
@@ -97,12 +103,12 @@ def test_upsert_is_idempotent_under_replay(store):
     store.upsert(ref(1), first)
     store.upsert(ref(1), first)
     store.upsert_many([(ref(1), first), (ref(2), analysis()), (ref(2), analysis())])
-    assert store.count(GUILD_A) == 2
+    assert store.count(Audience.everything(GUILD_A)) == 2
     assert store.has(GUILD_A, [1, 2, 3]) == {1, 2}
     assert store.has(GUILD_B, [1, 2]) == set()
     # A replay with new content overwrites rather than adding.
     store.upsert(ref(1), analysis(caption="a new caption"))
-    assert store.count(GUILD_A) == 2
+    assert store.count(Audience.everything(GUILD_A)) == 2
     assert store.get(GUILD_A, [1])[1].caption == "a new caption"
 
 
@@ -120,7 +126,7 @@ def test_delete_message_bulk_and_edit_sync(store):
     assert store.delete_attachments(GUILD_A, [3, 77]) == 1
     assert store.has(GUILD_A, range(10)) == {1}
     assert ids(search(store, text=query, clip=random_vector(CLIP_DIM), limit=50)) == [1]
-    assert store.count(GUILD_A) == 1
+    assert store.count(Audience.everything(GUILD_A)) == 1
 
 
 def test_forget_user_in_guild_dm_and_everywhere(store):
@@ -165,11 +171,11 @@ def test_private_channels_are_never_returned(store):
         assert all(hit.image.ref.channel_id == PUBLIC for hit in hits)
         # Ranks count visible records only: no gap betrays the hidden ones.
         assert sorted(hit.text_rank for hit in hits) == sorted(hit.clip_rank for hit in hits) == [1, 2, 3, 4]
-        similar = store.similar(GUILD_A, clip, visible_channel_ids=visible, allow_nsfw=False, requester_id=ALICE)
+        similar = store.similar(Audience(ALICE, GUILD_A, visible, False), clip)
         assert sorted(ids(similar)) == [300, 301, 302, 303]
-        pages = store.browse(GUILD_A, visible_channel_ids=visible, allow_nsfw=False, requester_id=ALICE, limit=100)
+        pages = store.browse(Audience(ALICE, GUILD_A, visible, False), limit=100)
         assert sorted(image.attachment_id for image in pages) == [300, 301, 302, 303]
-        assert store.count(GUILD_A, visible_channel_ids=visible, allow_nsfw=False) == 4
+        assert store.count(Audience(ALICE, GUILD_A, visible, False)) == 4
     assert search(store, text=text, clip=clip, visible=set()) == []
     # Asking for the private channel by name from outside it yields nothing either.
     assert search(store, text=text, clip=clip, visible={PUBLIC}, channel_id=PRIVATE) == []
@@ -185,7 +191,7 @@ def test_nsfw_only_when_allowed(store):
     assert sorted(ids(safe)) == [100, 101, 102]
     assert not any(hit.image.ref.nsfw for hit in safe)
     assert not any(hit.image.ref.nsfw for hit in store.similar(
-        GUILD_A, clip, visible_channel_ids=None, allow_nsfw=False, requester_id=ALICE, limit=50))
+        Audience(ALICE, GUILD_A, None, False), clip, limit=50))
     assert len(search(store, text=text, clip=clip, nsfw=True, limit=50)) == 33
     assert ids(search(store, text=text, clip=clip, nsfw=True, limit=1))[0] < 100
 
@@ -198,11 +204,11 @@ def test_dm_search_sees_only_the_requesters_own_images(store):
     assert ids(search(store, None, text=text, clip=clip, requester=ALICE, limit=10)) == [1]
     assert ids(search(store, None, text=text, clip=clip, requester=BOB, limit=10)) == [2]
     assert search(store, None, text=text, clip=clip, requester=CAROL) == []
-    assert ids(store.similar(None, clip, visible_channel_ids=None, allow_nsfw=False, requester_id=BOB)) == [2]
+    assert ids(store.similar(Audience(BOB, None, None, False), clip)) == [2]
     # A DM delete event that doesn't say whose DM it was still finds the message.
     assert store.delete_message(None, 20) == 1
     assert store.has(None, [2], user_id=BOB) == set()
-    assert store.count(None, requester_id=ALICE) == 1
+    assert store.count(Audience.everything(None, owner_id=ALICE)) == 1
 
 
 # ----- ranking -----
@@ -241,13 +247,13 @@ def test_explicit_filters(store):
     assert ids(search(store, text=text, clip=clip, since=T0 + timedelta(days=1), until=T0 + timedelta(days=5))) == [2]
     assert ids(search(store, text=text, clip=clip, since=T0 + timedelta(days=10))) == [3]
     assert ids(search(store, text=text, clip=clip, until=T0 + timedelta(seconds=1))) == [1]
-    newest = store.browse(GUILD_A, visible_channel_ids=None, allow_nsfw=False, requester_id=ALICE)
+    newest = store.browse(Audience(ALICE, GUILD_A, None, False))
     assert [image.attachment_id for image in newest] == [3, 2, 1]
-    oldest = store.browse(GUILD_A, visible_channel_ids=None, allow_nsfw=False, requester_id=ALICE,
-                          newest_first=False, limit=2, offset=1)
+    oldest = store.browse(Audience(ALICE, GUILD_A, None, False), newest_first=False, limit=2,
+                          offset=1)
     assert [image.attachment_id for image in oldest] == [2, 3]
-    assert store.count(GUILD_A, author_id=BOB) == 2
-    assert store.count(GUILD_A, since=T0 + timedelta(days=2)) == 2
+    assert store.count(Audience.everything(GUILD_A), Filters(author_id=BOB)) == 2
+    assert store.count(Audience.everything(GUILD_A), Filters(since=T0 + timedelta(days=2))) == 2
 
 
 def test_where_mode_agrees_with_postfilter(tmp_path):
@@ -291,11 +297,10 @@ async def test_async_wrapper(tmp_path):
     await memory.upsert(ref(1), analysis(text, clip))
     await asyncio.gather(*(memory.upsert(ref(10 + i), analysis()) for i in range(5)))
     assert await memory.has(GUILD_A, [1, 10, 99]) == {1, 10}
-    hits = await memory.search(GUILD_A, text_vector=text, clip_vector=clip, visible_channel_ids={PUBLIC},
-                               allow_nsfw=False, requester_id=ALICE, limit=3)
+    hits = await memory.search(ALICE_PUBLIC, text_vector=text, clip_vector=clip, limit=3)
     assert ids(hits)[0] == 1
     assert await memory.delete_message(GUILD_A, 10) == 1
-    assert await memory.count(GUILD_A) == 5
+    assert await memory.count(Audience.everything(GUILD_A)) == 5
 
 
 # ----- two-tier analysis: fast-tier records (CLIP first, the caption later) -----
@@ -325,7 +330,7 @@ def test_a_fast_tier_record_is_findable_then_completed_in_place(store):
     text, clip = collections(store)
     assert (text.count(), clip.count()) == (0, 1)  # no caption vector: the caption space has no record
     assert clip_entry(store, 1)["caption_pending"] is True
-    assert store.count(GUILD_A) == 1
+    assert store.count(Audience.everything(GUILD_A)) == 1
     assert store.has(GUILD_A, [1]) == {1} and store.has(GUILD_A, [1], captioned=True) == set()
 
     pending = store.get(GUILD_A, [1])[1]
@@ -333,12 +338,12 @@ def test_a_fast_tier_record_is_findable_then_completed_in_place(store):
     assert pending.labels == ["dog", "park", "photograph"] and pending.topic == "animals"
     assert pending.sentiment == "positive" and pending.caption_sentiment is None  # the image's own mood
     assert pending.caption_topic is None
-    every = dict(visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE)
-    assert [i.attachment_id for i in store.browse(GUILD_A, **every)] == [1]
-    assert [i.caption_pending for i in store.images(GUILD_A, **every)] == [True]
-    assert [i.attachment_id for i in store.images(GUILD_A, **every, sentiment="positive")] == [1]
+    every = ALICE_PUBLIC
+    assert [i.attachment_id for i in store.browse(every)] == [1]
+    assert [i.caption_pending for i in store.images(every)] == [True]
+    assert [i.attachment_id for i in store.images(every, Filters(sentiment="positive"))] == [1]
     assert store.caption_vectors(GUILD_A)[0] == []  # nothing to cluster yet
-    assert ids(store.similar(GUILD_A, clip_vec, **every)) == [1]
+    assert ids(store.similar(every, clip_vec)) == [1]
 
     store.upsert(ref(1), full)  # the caption tier lands: the same attachment id, replaced fully
     assert (text.count(), clip.count()) == (1, 1)
@@ -348,7 +353,7 @@ def test_a_fast_tier_record_is_findable_then_completed_in_place(store):
     # The clip entry is back to the index keys: the fast-tier record's other keys are gone, not merged in.
     assert set(clip_entry(store, 1)) == set(INDEX_KEYS) and clip_entry(store, 1)["caption_pending"] is False
     assert store.has(GUILD_A, [1], captioned=True) == {1}
-    assert [i.attachment_id for i in store.images(GUILD_A, **every)] == [1]
+    assert [i.attachment_id for i in store.images(every)] == [1]
     images, vectors = store.caption_vectors(GUILD_A)
     assert [i.attachment_id for i in images] == [1] and np.allclose(vectors[0], full.caption_embedding, atol=1e-5)
     assert ids(search(store, text=text_vec, limit=1)) == [1]
@@ -378,7 +383,7 @@ def test_deletes_and_forget_remove_fast_tier_records(store):
     assert store.sync_message(GUILD_A, 500, [2]) == 1
     assert store.forget_user(GUILD_A, BOB) == 1
     assert store.delete_message(None, 40) == 1  # a DM delete that doesn't say whose DM it was
-    assert store.has(GUILD_A, [1, 2, 3]) == {2} and store.count(GUILD_A) == 1
+    assert store.has(GUILD_A, [1, 2, 3]) == {2} and store.count(Audience.everything(GUILD_A)) == 1
 
 
 def test_fast_tier_records_respect_channel_and_nsfw_visibility(store):
@@ -387,12 +392,11 @@ def test_fast_tier_records_respect_channel_and_nsfw_visibility(store):
                        (ref(2, channel=ADULT, nsfw=True), fast(analysis(None, near(clip, 0.05)))),
                        (ref(3), fast(analysis()))])
     for call in (lambda: search(store, text=random_vector(TEXT_DIM), clip=clip, visible={PUBLIC}, limit=10),
-                 lambda: store.similar(GUILD_A, clip, visible_channel_ids={PUBLIC}, allow_nsfw=False,
-                                       requester_id=ALICE)):
+                 lambda: store.similar(ALICE_PUBLIC, clip)):
         assert ids(call()) == [3]
-    every = dict(visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE)
-    assert [i.attachment_id for i in store.images(GUILD_A, **every)] == [3]
-    assert [i.attachment_id for i in store.browse(GUILD_A, **every)] == [3]
+    every = ALICE_PUBLIC
+    assert [i.attachment_id for i in store.images(every)] == [3]
+    assert [i.attachment_id for i in store.browse(every)] == [3]
 
 
 def test_search_finds_a_fast_tier_record_by_clip_text(store):
@@ -477,13 +481,12 @@ def test_similar_finds_the_same_photo_reencoded_first(store, photo_analyses):
     assert len(names) >= 4
     store.upsert_many([(ref(1000 + i), item) for i, item in enumerate(originals)])
     for i, variant in enumerate(variants):
-        hits = store.similar(GUILD_A, variant, visible_channel_ids={PUBLIC}, allow_nsfw=False,
-                             requester_id=ALICE, limit=3)
+        hits = store.similar(ALICE_PUBLIC, variant, limit=3)
         assert ids(hits)[0] == 1000 + i, names[i]
         assert hits[0].score > hits[1].score
         # Right-click "find similar" on the stored image itself leaves the image out.
-        again = store.similar(GUILD_A, originals[i].image_embedding, visible_channel_ids={PUBLIC},
-                              allow_nsfw=False, requester_id=ALICE, exclude_attachment_id=1000 + i)
+        again = store.similar(ALICE_PUBLIC, originals[i].image_embedding,
+                              exclude_attachment_id=1000 + i)
         assert 1000 + i not in ids(again) and len(again) == len(names) - 1
 
 
@@ -510,14 +513,14 @@ def test_http_backend_against_a_real_server(tmp_path, chroma_server):
     store.upsert(ref(big, channel=big - 7, author=big - 9, message=big - 5), analysis(text, clip))
     store.upsert_many([(ref(10 + i), analysis()) for i in range(10)])
     store.upsert(ref(99, channel=PRIVATE, author=BOB), analysis(text, clip))
-    assert store.count(GUILD_A) == 12
+    assert store.count(Audience.everything(GUILD_A)) == 12
     hits = search(store, text=text, clip=clip, visible={PUBLIC, big - 7}, limit=5)
     assert ids(hits)[0] == big and 99 not in ids(hits)
     assert hits[0].image.ref.channel_id == big - 7 and hits[0].image.ref.author_id == big - 9
     assert store.has(GUILD_A, [big, 12345]) == {big}
     assert store.delete_message(GUILD_A, big - 5) == 1
     assert store.forget_user(GUILD_A, ALICE) == 10
-    assert store.count(GUILD_A) == 1
+    assert store.count(Audience.everything(GUILD_A)) == 1
     for collection in store._collections.values():
         assert collection._embedding_function is None
 
@@ -526,12 +529,12 @@ def test_large_reads_are_paged(store):
     """Chroma's embedded get() fails past ~30k records in one call, so every scan pages; shown with tiny pages."""
     store._batch = 4
     store.upsert_many([(ref(1 + i, when=T0 + timedelta(minutes=i)), analysis()) for i in range(11)])
-    newest = store.browse(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE, limit=100)
+    newest = store.browse(ALICE_PUBLIC, limit=100)
     assert [image.attachment_id for image in newest] == list(range(11, 0, -1))
-    assert store.count(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False) == 11
+    assert store.count(ALICE_PUBLIC) == 11
     assert store.has(GUILD_A, range(20)) == set(range(1, 12))
     assert store.forget_user(GUILD_A, ALICE) == 11
-    assert store.count(GUILD_A) == 0
+    assert store.count(Audience.everything(GUILD_A)) == 0
 
 
 def test_browse_reads_back_in_time_slices(store):
@@ -543,8 +546,8 @@ def test_browse_reads_back_in_time_slices(store):
     store.upsert(ref(7, when=now + timedelta(minutes=5)), analysis())  # a clock a little ahead
 
     def page(**kwargs) -> list[int]:
-        return [image.attachment_id for image in store.browse(
-            GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE, now=now, **kwargs)]
+        filters = Filters(**{key: kwargs.pop(key) for key in list(kwargs) if key in FILTER_KEYS})
+        return [image.attachment_id for image in store.browse(ALICE_PUBLIC, filters, now=now, **kwargs)]
 
     assert page(limit=2) == [7, 1]
     assert page() == [7, 1, 2, 3, 4, 5]
@@ -553,9 +556,9 @@ def test_browse_reads_back_in_time_slices(store):
     assert page(until=now - timedelta(days=1)) == [2, 3, 4, 5]
     assert page(since=now - timedelta(days=500), until=now - timedelta(days=10)) == [3, 4]
     assert page(newest_first=False, limit=3) == [5, 4, 3]
-    assert store.count(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False) == 6
-    assert store.count(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False, since=now - timedelta(days=5)) == 3
-    assert store.count(GUILD_A) == 7
+    assert store.count(ALICE_PUBLIC) == 6
+    assert store.count(ALICE_PUBLIC, Filters(since=now - timedelta(days=5))) == 3
+    assert store.count(Audience.everything(GUILD_A)) == 7
 
 
 async def test_a_delete_racing_the_store_write_still_wins(tmp_path, store):
@@ -608,10 +611,9 @@ def test_a_killed_server_means_memory_unavailable_at_once_and_the_same_store_rec
     chroma_process.kill()
     calls = {
         "search": lambda: search(store, text=text, clip=clip, visible={PUBLIC}),
-        "similar": lambda: store.similar(GUILD_A, clip, visible_channel_ids={PUBLIC}, allow_nsfw=False,
-                                         requester_id=ALICE),
-        "browse": lambda: store.browse(GUILD_A, visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE),
-        "count": lambda: store.count(GUILD_A),
+        "similar": lambda: store.similar(ALICE_PUBLIC, clip),
+        "browse": lambda: store.browse(ALICE_PUBLIC),
+        "count": lambda: store.count(Audience.everything(GUILD_A)),
         "has": lambda: store.has(GUILD_A, [1]),
         "upsert": lambda: store.upsert(ref(2), analysis()),
         "delete": lambda: store.delete_message(GUILD_A, ref(1).message_id),
@@ -634,10 +636,10 @@ def test_a_killed_server_means_memory_unavailable_at_once_and_the_same_store_rec
     # A server that comes back without its data: the cached collections are stale, the store notices.
     chroma_process.kill()
     with pytest.raises(MemoryUnavailable):
-        store.count(GUILD_A)
+        store.count(Audience.everything(GUILD_A))
     chroma_process.data = tmp_path / "fresh-data"
     chroma_process.start()
-    assert store.count(GUILD_A) == 0
+    assert store.count(Audience.everything(GUILD_A)) == 0
     store.upsert(ref(3), analysis())
     assert store.has(GUILD_A, [1, 3]) == {3}
     # The same, with no call while it was down: the first call finds its cached collection gone.
@@ -646,7 +648,7 @@ def test_a_killed_server_means_memory_unavailable_at_once_and_the_same_store_rec
     chroma_process.start()
     assert store.has(GUILD_A, [3]) == set()
     store.upsert(ref(4), analysis())
-    assert store.count(GUILD_A) == 1
+    assert store.count(Audience.everything(GUILD_A)) == 1
 
 
 def test_a_store_opened_while_chroma_is_down_connects_when_it_comes_up(tmp_path, chroma_process):
@@ -658,7 +660,7 @@ def test_a_store_opened_while_chroma_is_down_connects_when_it_comes_up(tmp_path,
         store.upsert(ref(1), analysis())
     chroma_process.start()
     store.upsert(ref(1), analysis())
-    assert store.count(GUILD_A) == 1
+    assert store.count(Audience.everything(GUILD_A)) == 1
 
 
 def test_a_hung_server_times_out_instead_of_blocking_forever(tmp_path, chroma_process, monkeypatch):
@@ -678,11 +680,11 @@ def test_a_hung_server_times_out_instead_of_blocking_forever(tmp_path, chroma_pr
     chroma_process.process.send_signal(signal.SIGSTOP)
     try:
         with pytest.raises(MemoryUnavailable) as raised:
-            store.count(GUILD_A)
+            store.count(Audience.everything(GUILD_A))
         assert isinstance(raised.value.__cause__, httpx.TimeoutException)
     finally:
         chroma_process.process.send_signal(signal.SIGCONT)
-    assert store.count(GUILD_A) == 1
+    assert store.count(Audience.everything(GUILD_A)) == 1
 
 
 # ----- the words written in pictures -----

@@ -131,8 +131,9 @@ def test_store_images_lists_only_what_the_audience_may_see(store):
     store.upsert(ref(4, when=T0 - timedelta(days=1), author=BOB), analysis(sentiment="positive"))
     store.upsert(ref(5, guild=GUILD + 1), analysis())
 
-    def ids(**kwargs) -> list[int]:
-        return [image.attachment_id for image in store.images(GUILD, requester_id=ALICE, **kwargs)]
+    def ids(visible_channel_ids, allow_nsfw, **filters) -> list[int]:
+        audience = Audience(ALICE, GUILD, visible_channel_ids, allow_nsfw)
+        return [image.attachment_id for image in store.images(audience, Filters(**filters))]
 
     assert ids(visible_channel_ids=None, allow_nsfw=True) == [4, 2, 1, 3]  # oldest first, this guild only
     assert ids(visible_channel_ids={PUBLIC}, allow_nsfw=False) == [4, 1]
@@ -142,13 +143,13 @@ def test_store_images_lists_only_what_the_audience_may_see(store):
     assert ids(visible_channel_ids=None, allow_nsfw=True, sentiment="positive") == [4]
     assert ids(visible_channel_ids={PUBLIC}, allow_nsfw=True, channel_id=PRIVATE) == []
     assert ids(visible_channel_ids=None, allow_nsfw=True, since=T0) == [1, 3]
-    assert store.images(GUILD + 7, visible_channel_ids=None, allow_nsfw=True, requester_id=ALICE) == []
+    assert store.images(Audience(ALICE, GUILD + 7, None, True)) == []
 
 
 def test_store_images_in_dms_are_the_requesters_own(store):
     store.upsert(ref(1, guild=None, author=ALICE), analysis())
     store.upsert(ref(2, guild=None, author=BOB), analysis())
-    mine = store.images(None, visible_channel_ids=None, allow_nsfw=False, requester_id=ALICE)
+    mine = store.images(Audience(ALICE, None, None, False))
     assert [image.attachment_id for image in mine] == [1]
 
 
@@ -169,10 +170,10 @@ def test_fast_tier_records_are_read_back_but_have_no_caption_vector(store):
     store.upsert(ref(1, when=T0), analysis(caption="a dog"))
     store.upsert(ref(2, when=T0 + timedelta(minutes=1)), fast(analysis(image_sentiment="negative", seed=2)))
     store.upsert(ref(3, when=T0 + timedelta(minutes=2), channel=PRIVATE), fast(analysis(seed=3)))
-    images = store.images(GUILD, visible_channel_ids={PUBLIC}, allow_nsfw=False, requester_id=ALICE)
+    images = store.images(Audience(ALICE, GUILD, frozenset({PUBLIC}), False))
     assert [(i.attachment_id, i.caption_pending) for i in images] == [(1, False), (2, True)]
     assert images[1].sentiment == "negative" and images[1].caption_sentiment is None
-    negative = store.images(GUILD, visible_channel_ids=None, allow_nsfw=True, requester_id=ALICE, sentiment="negative")
+    negative = store.images(Audience(ALICE, GUILD, None, True), Filters(sentiment="negative"))
     assert [i.attachment_id for i in negative] == [2]  # a pending picture matches by its own mood
     with_vectors, vectors = store.caption_vectors(GUILD)
     assert [i.attachment_id for i in with_vectors] == [1] and vectors.shape == (1, TEXT_DIM)
@@ -363,7 +364,7 @@ def compare_store(store) -> ImageStore:
 
 
 def test_compare_counts_agreement_per_class_with_kappa(compare_store):
-    images = compare_store.images(GUILD, visible_channel_ids=None, allow_nsfw=True, requester_id=0)
+    images = compare_store.images(Audience.everything(GUILD))
     report = compare_images(images, examples=5)
     sentiment = report.sentiment
     assert sentiment.classes == ("negative", "neutral", "positive")
@@ -389,7 +390,7 @@ def test_compare_counts_pictures_without_a_caption_as_one_reading(compare_store)
     # Its "sentiment" is the image's own mood until the caption lands: the same reading twice, not agreement.
     compare_store.upsert(ref(8, when=T0 + timedelta(minutes=8)),
                          fast(analysis(sentiment="neutral", image_sentiment="positive", topic="animals")))
-    images = compare_store.images(GUILD, visible_channel_ids=None, allow_nsfw=True, requester_id=0)
+    images = compare_store.images(Audience.everything(GUILD))
     report = compare_images(images)
     assert report.images == 8 and report.pending == 1
     assert (report.sentiment.compared, report.sentiment.agreed, report.sentiment.missing) == (6, 4, 2)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from bot.memory.records import StoredImage
+from bot.memory.store import Audience
 from bot.overview.charts import stats_charts
 from bot.overview.paths import topic_model_path
 from bot.overview.stats import compute_stats
@@ -218,15 +219,15 @@ async def test_index_backfills_resumably_with_progress_and_adds_nothing_twice(
     guild = world.guild.id
 
     async with imagebot_started_later(server, settings, analyzer) as bot:
-        assert memory_store(bot).count(guild) == 0
+        assert memory_store(bot).count(Audience.everything(guild)) == 0
         live = await post_image(server, world.general, world.alice, "china", photos["china"])  # seen live
-        assert memory_store(bot).count(guild) == 1
+        assert memory_store(bot).count(Audience.everything(guild)) == 1
         progress, summary = await run_index(server, world, limit=3)
         assert [p[0] for p in progress] == [0, 1, 2, 3] and {p[1] for p in progress} == {3}  # done / total
         assert progress[-1][3:] == (3, 0, 0)
         assert "Indexed the next 3 messages" in summary and "**3 indexed**, 0 skipped" in summary
         assert "Run `/index` again to continue" in summary
-        assert memory_store(bot).count(guild) == 4
+        assert memory_store(bot).count(Audience.everything(guild)) == 4
 
     # A new process (as after a crash or a restart): the cursor file says where to go on.
     async with imagebot_started_later(server, settings, analyzer) as bot:
@@ -236,7 +237,7 @@ async def test_index_backfills_resumably_with_progress_and_adds_nothing_twice(
         assert "**1 indexed**, 1 skipped (already known), 1 failed" in summary
         assert re.search(r"• 1 × .*notes\.png", summary), summary
         assert "All runs in this channel: 6 messages read, 4 indexed, 1 skipped, 1 failed." in summary
-        assert memory_store(bot).count(guild) == 5
+        assert memory_store(bot).count(Audience.everything(guild)) == 5
         stored_before = memory_store(bot).get(guild, [live.attachments[0].id])
 
         # Idempotent: nothing new since, nothing read or added; from the start, every picture is known.
@@ -244,7 +245,7 @@ async def test_index_backfills_resumably_with_progress_and_adds_nothing_twice(
         assert progress == [(0, 1000, 0, 0, 0, 0)] and "**0 indexed**, 0 skipped" in summary
         _, summary = await run_index(server, world, from_start=True)
         assert "**0 indexed**, 5 skipped (already known), 1 failed" in summary
-        assert memory_store(bot).count(guild) == 5
+        assert memory_store(bot).count(Audience.everything(guild)) == 5
         assert memory_store(bot).get(guild, [live.attachments[0].id]) == stored_before
         assert not any(m.channel is world.general and not m.ephemeral for m in server.sent_messages
                        if m.interaction is not None)  # progress and summaries stay private

@@ -20,7 +20,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,7 +29,9 @@ from bot.config import Settings
 from bot.errors import MemoryUnavailable
 from bot.ingest.ledger import IngestLedger, PendingImage
 from bot.memory.records import ImageRef, StoredImage
-from bot.memory.store import NO_FILTERS, AsyncImageStore, Filters, ImageStore, SearchHit
+from bot.memory.store import NO_FILTERS, AsyncImageStore, Audience, Filters, ImageStore, SearchHit
+
+__all__ = ["Audience", "Filters", "MemoryService"]  # Audience and Filters: re-exported for the cogs
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +55,6 @@ class QueryEncoder(Protocol):
     async def embed_texts(self, texts: list[str]) -> np.ndarray: ...
 
     async def clip_texts(self, texts: list[str]) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class Audience:
-    """Who will see a result: the store only returns what this audience may see.
-
-    ``guild_id`` None is a DM: only the requester's own images. ``visible_channel_ids`` are computed
-    from Discord permissions at query time (never at ingest), by the cog.
-    """
-
-    requester_id: int
-    guild_id: int | None
-    visible_channel_ids: frozenset[int] | None
-    allow_nsfw: bool
-
-    def as_kwargs(self) -> dict[str, object]:
-        return {"visible_channel_ids": self.visible_channel_ids, "allow_nsfw": self.allow_nsfw,
-                "requester_id": self.requester_id}
 
 
 class MemoryService:
@@ -402,8 +385,7 @@ class MemoryService:
         """Hybrid search for ``query``; an empty query lists the newest matching images instead."""
         query = query.strip()
         if not query:
-            images = await self.store.browse(audience.guild_id, **audience.as_kwargs(), **filters.as_kwargs(),
-                                             limit=limit)
+            images = await self.store.browse(audience, filters, limit=limit)
             self._store_answered()
             return images
         # The query vectors come from the inference queue: its errors (busy, timeout) are
@@ -411,16 +393,14 @@ class MemoryService:
         text_vectors, clip_vectors = await asyncio.gather(
             self.encoder.embed_texts([query]), self.encoder.clip_texts([query])
         )
-        hits = await self.store.search(
-            audience.guild_id, text_vector=text_vectors[0], clip_vector=clip_vectors[0],
-            **audience.as_kwargs(), **filters.as_kwargs(), limit=limit, text_query=query,
-        )
+        hits = await self.store.search(audience, filters, text_vector=text_vectors[0], clip_vector=clip_vectors[0],
+                                       limit=limit, text_query=query)
         self._store_answered()
         return hits
 
     async def similar(self, image_vector: Sequence[float], audience: Audience, *,
                       exclude_attachment_id: int | None = None, limit: int = 10) -> list[SearchHit]:
-        hits = await self.store.similar(audience.guild_id, image_vector, **audience.as_kwargs(),
-                                        exclude_attachment_id=exclude_attachment_id, limit=limit)
+        hits = await self.store.similar(audience, image_vector, exclude_attachment_id=exclude_attachment_id,
+                                        limit=limit)
         self._store_answered()
         return hits

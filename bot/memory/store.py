@@ -71,7 +71,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
@@ -192,12 +192,45 @@ class Filters:
             clauses.append({"created_ts": {"$lt": _epoch(self.until)}})
         return clauses
 
-    def as_kwargs(self) -> dict[str, Any]:
-        """The filter keywords of :meth:`ImageStore.search`, ``browse``, ``count`` and ``images``."""
-        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 NO_FILTERS = Filters()
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who will see a result: every read of the store takes one and returns only what it may see.
+
+    ``guild_id`` None is a DM space: only the requester's own images. ``visible_channel_ids`` are
+    computed from Discord permissions at query time (never at ingest), by the cog; None means no
+    channel restriction (a trusted caller, see :meth:`everything`).
+    """
+
+    requester_id: int
+    guild_id: int | None
+    visible_channel_ids: frozenset[int] | None
+    allow_nsfw: bool
+
+    def __post_init__(self) -> None:
+        if self.visible_channel_ids is not None and not isinstance(self.visible_channel_ids, frozenset):
+            object.__setattr__(self, "visible_channel_ids", frozenset(int(i) for i in self.visible_channel_ids))
+
+    @classmethod
+    def everything(cls, guild_id: int | None, *, owner_id: int = 0) -> Audience:
+        """A trusted caller (counts, the CLI, tests): every channel, NSFW included; a DM space needs its
+        owner."""
+        if guild_id is None and not owner_id:
+            raise ValueError("a DM space needs its owner's id")
+        return cls(owner_id, guild_id, None, True)
+
+    @property
+    def owner_id(self) -> int | None:
+        """The DM space's owner (None for a guild)."""
+        return int(self.requester_id) if self.guild_id is None else None
+
+    @property
+    def visibility(self) -> Visibility:
+        return Visibility(self.visible_channel_ids, bool(self.allow_nsfw), self.owner_id)
 
 
 @dataclass(frozen=True)
@@ -592,19 +625,11 @@ class ImageStore:
     @_reachable
     def search(
         self,
-        guild_id: int | None,
+        audience: Audience,
+        filters: Filters = NO_FILTERS,
         *,
         text_vector: Vector | None,
         clip_vector: Vector | None,
-        visible_channel_ids: Iterable[int] | None,
-        allow_nsfw: bool,
-        requester_id: int,
-        author_id: int | None = None,
-        channel_id: int | None = None,
-        sentiment: str | None = None,
-        topic: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
         limit: int = 10,
         rrf_k: int = RRF_K,
         text_query: str | None = None,
@@ -614,7 +639,7 @@ class ImageStore:
 
         ``text_vector`` is ``Analyzer.embed_texts([query])[0]``, ``clip_vector`` is
         ``Analyzer.clip_texts([query])[0]``; either may be None to search one space only.
-        ``guild_id`` None searches the requester's own DM space and nothing else.
+        A DM audience (``guild_id`` None) searches the requester's own DM space and nothing else.
         Each space contributes up to its ``max(2 * limit, 20)`` best visible records (at least ``limit``
         when it has them); a record's fused score is the sum over spaces of ``1 / (rrf_k + rank)``.
 
@@ -633,11 +658,10 @@ class ImageStore:
         """
         if text_vector is None and clip_vector is None:
             raise ValueError("search needs a text vector, a CLIP vector or both")
-        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, requester_id)
-        filters = Filters(author_id, channel_id, sentiment, topic, since, until)
-        if limit <= 0 or visibility.nothing or not _channel_visible(channel_id, visibility):
+        visibility = audience.visibility
+        if limit <= 0 or visibility.nothing or not _channel_visible(filters.channel_id, visibility):
             return []
-        text, clip = self._pair(guild_id, requester_id if guild_id is None else None)
+        text, clip = self._pair(audience.guild_id, audience.owner_id)
         if text is None or clip is None:
             return []
         queries: dict[SpaceKind, tuple[Collection, list[float]]] = {}
@@ -688,20 +712,17 @@ class ImageStore:
     @_reachable
     def similar(
         self,
-        guild_id: int | None,
+        audience: Audience,
         image_vector: Vector,
         *,
-        visible_channel_ids: Iterable[int] | None,
-        allow_nsfw: bool,
-        requester_id: int,
         exclude_attachment_id: int | None = None,
         limit: int = 10,
     ) -> list[SearchHit]:
         """"Find similar": CLIP image→image, nearest first; ``score`` is the cosine similarity."""
-        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, requester_id)
+        visibility = audience.visibility
         if limit <= 0 or visibility.nothing:
             return []
-        text, clip = self._pair(guild_id, requester_id if guild_id is None else None)
+        text, clip = self._pair(audience.guild_id, audience.owner_id)
         if text is None or clip is None:
             return []
         excluded = None if exclude_attachment_id is None else record_id(exclude_attachment_id)
@@ -729,17 +750,9 @@ class ImageStore:
     @_reachable
     def browse(
         self,
-        guild_id: int | None,
+        audience: Audience,
+        filters: Filters = NO_FILTERS,
         *,
-        visible_channel_ids: Iterable[int] | None,
-        allow_nsfw: bool,
-        requester_id: int,
-        author_id: int | None = None,
-        channel_id: int | None = None,
-        sentiment: str | None = None,
-        topic: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
         newest_first: bool = True,
         limit: int = 25,
         offset: int = 0,
@@ -752,13 +765,14 @@ class ImageStore:
         months, sixteen months, then the rest, stopping once the page is full. A recent page thus
         costs one or two small where-scans (~35 ms at 100k records). Oldest first, or with an explicit
         author/channel/sentiment/topic filter, it is one where-scan of the matching entries."""
-        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, requester_id)
-        if limit <= 0 or visibility.nothing or not _channel_visible(channel_id, visibility):
+        visibility = audience.visibility
+        if limit <= 0 or visibility.nothing or not _channel_visible(filters.channel_id, visibility):
             return []
-        text, clip = self._pair(guild_id, requester_id if guild_id is None else None)
+        text, clip = self._pair(audience.guild_id, audience.owner_id)
         if text is None or clip is None:
             return []
-        base = Filters(author_id, channel_id, sentiment, topic).clauses()
+        base = replace(filters, since=None, until=None).clauses()
+        since, until = filters.since, filters.until
         floor = None if since is None else _epoch(since)
         upper = None if until is None else _epoch(until)
         anchor = until or now or datetime.now(UTC)
@@ -783,62 +797,36 @@ class ImageStore:
         return [from_metadata(records[rid]) for rid in page if rid in records and visibility.allows(records[rid])]
 
     @_reachable
-    def count(
-        self,
-        guild_id: int | None,
-        *,
-        visible_channel_ids: Iterable[int] | None = None,
-        allow_nsfw: bool = True,
-        requester_id: int | None = None,
-        author_id: int | None = None,
-        channel_id: int | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> int:
-        """How many images a space holds (optionally: that a requester can see, matching filters).
+    def count(self, audience: Audience, filters: Filters = NO_FILTERS) -> int:
+        """How many images of a space the audience can see that match the filters
+        (:meth:`Audience.everything`: all of them).
 
         Unrestricted it is Chroma's count (ms); otherwise one ids-only where-query (about a second at
         100k: fine for /stats, not for per-message paths)."""
-        owner = requester_id if guild_id is None else None
-        if guild_id is None and owner is None:
-            raise ValueError("counting a DM space needs requester_id")
-        _, clip = self._pair(guild_id, owner)
+        _, clip = self._pair(audience.guild_id, audience.owner_id)
         if clip is None:
             return 0
-        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, owner or 0)
+        visibility = audience.visibility
         if visibility.nothing:
             return 0
-        where = _where(Filters(author_id, channel_id, None, None, since, until).clauses() + visibility.where())
+        where = _where(filters.clauses() + visibility.where())
         if where is None:
             return clip.count()
         return len(clip.get(where=where, include=[])["ids"])  # ids only: no per-record SQL variables
 
     @_reachable
-    def images(
-        self,
-        guild_id: int | None,
-        *,
-        visible_channel_ids: Iterable[int] | None,
-        allow_nsfw: bool,
-        requester_id: int,
-        author_id: int | None = None,
-        channel_id: int | None = None,
-        sentiment: str | None = None,
-        topic: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[StoredImage]:
+    def images(self, audience: Audience, filters: Filters = NO_FILTERS) -> list[StoredImage]:
         """Every record the requester may see that matches the filters, oldest first (/stats, /gallery);
         fast-tier records (``caption_pending``) included.
 
         Reads full records page by page from the text collection, and the fast-tier ones from the clip
         collection (one where-scan for the pending flag): O(matching records), meant for on-demand
         overviews, never for the per-message paths."""
-        visibility = self._visibility(guild_id, visible_channel_ids, allow_nsfw, requester_id)
-        if visibility.nothing or not _channel_visible(channel_id, visibility):
+        visibility = audience.visibility
+        if visibility.nothing or not _channel_visible(filters.channel_id, visibility):
             return []
-        text, clip = self._pair(guild_id, requester_id if guild_id is None else None)
-        clauses = Filters(author_id, channel_id, sentiment, topic, since, until).clauses()
+        text, clip = self._pair(audience.guild_id, audience.owner_id)
+        clauses = filters.clauses()
         complete = {rid: meta for rid, meta, _ in self._scan(text, _where(clauses), with_vectors=False)}
         pending = {rid: meta for rid, meta, _ in self._scan(clip, _where([*clauses, {"caption_pending": True}]),
                                                              with_vectors=False) if rid not in complete}
@@ -884,12 +872,6 @@ class ImageStore:
             offset += self._batch
 
     # ----- internals -----
-
-    def _visibility(
-        self, guild_id: int | None, visible_channel_ids: Iterable[int] | None, allow_nsfw: bool, requester_id: int
-    ) -> Visibility:
-        channels = None if visible_channel_ids is None else frozenset(int(i) for i in visible_channel_ids)
-        return Visibility(channels, bool(allow_nsfw), None if guild_id is not None else int(requester_id))
 
     def _ranked(
         self,
@@ -1047,25 +1029,22 @@ class AsyncImageStore:
     async def forget_user_everywhere(self, user_id: int) -> int:
         return await asyncio.to_thread(self.store.forget_user_everywhere, user_id)
 
-    async def search(self, guild_id: int | None, **kwargs: Any) -> list[SearchHit]:
+    async def search(self, audience: Audience, filters: Filters = NO_FILTERS, **kwargs: Any) -> list[SearchHit]:
         """Keyword arguments as :meth:`ImageStore.search`."""
-        return await asyncio.to_thread(lambda: self.store.search(guild_id, **kwargs))
+        return await asyncio.to_thread(lambda: self.store.search(audience, filters, **kwargs))
 
-    async def similar(self, guild_id: int | None, image_vector: Vector, **kwargs: Any) -> list[SearchHit]:
-        """Keyword arguments as :meth:`ImageStore.similar`."""
-        return await asyncio.to_thread(lambda: self.store.similar(guild_id, image_vector, **kwargs))
+    async def similar(self, audience: Audience, image_vector: Vector, **kwargs: Any) -> list[SearchHit]:
+        return await asyncio.to_thread(lambda: self.store.similar(audience, image_vector, **kwargs))
 
-    async def browse(self, guild_id: int | None, **kwargs: Any) -> list[StoredImage]:
+    async def browse(self, audience: Audience, filters: Filters = NO_FILTERS, **kwargs: Any) -> list[StoredImage]:
         """Keyword arguments as :meth:`ImageStore.browse`."""
-        return await asyncio.to_thread(lambda: self.store.browse(guild_id, **kwargs))
+        return await asyncio.to_thread(lambda: self.store.browse(audience, filters, **kwargs))
 
-    async def count(self, guild_id: int | None, **kwargs: Any) -> int:
-        """Keyword arguments as :meth:`ImageStore.count`."""
-        return await asyncio.to_thread(lambda: self.store.count(guild_id, **kwargs))
+    async def count(self, audience: Audience, filters: Filters = NO_FILTERS) -> int:
+        return await asyncio.to_thread(self.store.count, audience, filters)
 
-    async def images(self, guild_id: int | None, **kwargs: Any) -> list[StoredImage]:
-        """Keyword arguments as :meth:`ImageStore.images`."""
-        return await asyncio.to_thread(lambda: self.store.images(guild_id, **kwargs))
+    async def images(self, audience: Audience, filters: Filters = NO_FILTERS) -> list[StoredImage]:
+        return await asyncio.to_thread(self.store.images, audience, filters)
 
     async def caption_vectors(self, guild_id: int | None, *, user_id: int | None = None
                               ) -> tuple[list[StoredImage], np.ndarray]:

@@ -94,7 +94,7 @@ class OverviewService:
             topic = None
         # ``until`` is not an overview filter; ``since`` comes from the period, the topic may be a cluster.
         wanted = replace(filters, topic=topic, since=since, until=None)
-        images = await self.store.images(audience.guild_id, **audience.as_kwargs(), **wanted.as_kwargs())
+        images = await self.store.images(audience, wanted)
         if cluster is not None:
             members = set(cluster.members)
             images = [image for image in images if image.attachment_id in members]
