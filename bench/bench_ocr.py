@@ -60,6 +60,7 @@ from bench.ocr_corpus import (
     iter_corpus,
     normalise,
 )
+from bot.models.reader import GATE_MAX_SHORT, GATE_MIN_ASPECT, gray_pixels, looks_like_a_screen, text_shaped
 
 #: The issue asks for 320/480/640; 960 shows what a whole-desktop screenshot needs (its 13-16 px text
 #: is ~4-5 px on a 640 px gate copy of a 1920 px screen). 800 was tried while writing this: no better
@@ -80,12 +81,6 @@ TARGET_NOTEXT_P50_S = 0.050
 #: plain sizes, 6 screenshot layouts, every 4th rotated image on a photo), so every kind is sampled.
 DIRECT_EVERY = 5
 VARIANT_EVERY = 5
-#: The proposed gate rule: a detected box counts as text unless it is a blob, i.e. its short side is
-#: more than this share of the gate picture's short side *and* it is less than SHAPE_MIN_ASPECT times
-#: longer than high. Text lines are long and thin; what a detector sees in a cup rim, an eye or a
-#: clock face is a big, roughly square region.
-SHAPE_MAX_SHORT = 0.25
-SHAPE_MIN_ASPECT = 2.0
 #: RapidOCR parameters: the measuring readers' single thread, and the full-read detector resizes
 #: compared with RapidOCR's own (shortest side up to 736 px). "never upscaled" gets
 #: ``Det.limit_side_len = max_side`` when built.
@@ -151,12 +146,6 @@ def exact_lines(read: Sequence[str], truth: Sequence[str]) -> int:
     return found
 
 
-def text_shaped(width: float, height: float, picture: tuple[int, int]) -> bool:
-    """The proposed gate rule for one detected box (see SHAPE_MAX_SHORT): False for blobs."""
-    short, long = min(width, height), max(width, height)
-    return short <= SHAPE_MAX_SHORT * min(picture) or long >= SHAPE_MIN_ASPECT * max(short, 1.0)
-
-
 # ----------------------------------------------------------------------------- readers
 
 
@@ -191,22 +180,12 @@ def _reader_classes() -> tuple[type, type, type]:
             return True
 
     class BoxGate(module.TextReader):
-        """``has_text``'s own steps, keeping the boxes (width, height) and the gate picture's size, so
-        the proposed shape rule can be scored; its yes/no is checked against the real reader."""
+        """A single-stage gate at one side that keeps the boxes (width, height) and the gate picture's
+        size, so the shape rule can be scored with and without it."""
 
-        def gate_boxes(self, image: Any) -> tuple[list[tuple[float, float]], tuple[int, int]] | None:
-            gate, pixels_of = getattr(self, "_gate", None), getattr(module, "_pixels", None)
-            if gate is None or pixels_of is None:  # the reader changed: fall back to has_text alone
-                return None
-            pixels = pixels_of(image, self.gate_side)
-            with self._lock:
-                found = gate(pixels, use_det=True, use_cls=False, use_rec=False)
-            boxes = getattr(found, "boxes", None)
-            sizes = []
-            for box in [] if boxes is None else boxes:
-                (x0, y0), (x1, y1), _, (x3, y3) = ((float(x), float(y)) for x, y in box[:4])
-                sizes.append((((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5, ((x3 - x0) ** 2 + (y3 - y0) ** 2) ** 0.5))
-            return sizes, (int(pixels.shape[1]), int(pixels.shape[0]))
+        def boxes_of(self, image: Any) -> tuple[list[tuple[float, float]], tuple[int, int]]:
+            pixels = module.gray_pixels(image, self.gate_side)
+            return self.gate_boxes(pixels), (int(pixels.shape[1]), int(pixels.shape[0]))
 
     return module.TextReader, UngatedReader, BoxGate
 
@@ -308,14 +287,9 @@ class Measured:
 def measure(readers: Readers, sample: Sample, *, direct: bool, variant: bool) -> Measured:
     result = Measured(sample.name, sample.category, sample.variant, sample.font_px, sample.lines)
     for side, reader in readers.gates.items():
-        boxes, result.gate_time[side] = _timed(lambda reader=reader: reader.gate_boxes(sample.image))
-        if boxes is None:
-            result.gate[side], result.gate_time[side] = _timed(lambda reader=reader: reader.has_text(sample.image))
-            result.shaped[side] = result.gate[side]
-        else:
-            sizes, picture = boxes
-            result.gate[side] = bool(sizes)
-            result.shaped[side] = any(text_shaped(w, h, picture) for w, h in sizes)
+        (sizes, picture), result.gate_time[side] = _timed(lambda reader=reader: reader.boxes_of(sample.image))
+        result.gate[side] = bool(sizes)
+        result.shaped[side] = any(text_shaped(w, h, picture) for w, h in sizes)
     _compose_policy(readers, sample, result)
     if sample.category != "notext" or any(result.gate.values()):
         lines, result.full_time = _timed(lambda: readers.ungated.read_lines(sample.image))
@@ -336,11 +310,10 @@ def measure(readers: Readers, sample: Sample, *, direct: bool, variant: bool) ->
 
 def _compose_policy(readers: Readers, sample: Sample, result: Measured) -> None:
     """The shipped gate as :data:`POLICY`: first stage, then the screen stage where the bot runs it."""
-    from bot.models.reader import _pixels, looks_like_a_screen
 
     first, second = readers.settings.gate_side, readers.settings.screen_gate_side
     hit, took = result.shaped[first], result.gate_time[first]
-    if not hit and second and looks_like_a_screen(_pixels(sample.image, first)):
+    if not hit and second and looks_like_a_screen(gray_pixels(sample.image, first)):
         hit = result.shaped[second]
         took = Timed(took.wall + result.gate_time[second].wall, took.cpu + result.gate_time[second].cpu)
     result.gate[POLICY] = result.shaped[POLICY] = hit
@@ -819,8 +792,8 @@ def _variants(ctx: Context, gate: int, conf: float, *, detector: bool = True) ->
     out = ["## Proposed reader changes, measured", "",
            "These need edits to `bot/models/reader.py`; here they are built by handing RapidOCR the extra "
            "parameters (or, for the gate rule, by scoring the gate's own boxes).", "",
-           f"### 1. Gate: ignore blob-shaped boxes (short side > {SHAPE_MAX_SHORT:.0%} of the gate picture's short "
-           f"side and long/short < {SHAPE_MIN_ASPECT:g})", "",
+           f"### 1. Gate: ignore blob-shaped boxes (short side > {GATE_MAX_SHORT:.0%} of the gate picture's short "
+           f"side and long/short < {GATE_MIN_ASPECT:g})", "",
            "What the detector finds in photos without text is mostly one big, roughly square region (a cup rim, "
            "a clock face, an eye); text lines are long and thin. Same sweep with the rule:", "",
            *_sweep_table(ctx, [row for row in sweep_rows(ctx, shaped=True) if row.confidence == conf]), "",

@@ -13,7 +13,7 @@ wide); at 640 it passes 80 % for ~60 ms per photo; at 960 all of them for ~140 m
 runs at ``gate_side`` (480) on every picture, and only a picture that found nothing there *and looks
 like a screen* (:func:`looks_like_a_screen`: large areas of one flat tone, as UI backgrounds have and
 photos almost never do) gets the second stage at ``screen_gate_side`` (960). Boxes shaped like blobs
-rather than lines do not count (:data:`GATE_MAX_SHORT`). Lines read
+rather than lines do not count (:func:`text_shaped`). Lines read
 with less than ``min_confidence`` are dropped, and so are lines with fewer than two letters or digits
 unless read with :data:`SHORT_LINE_CONFIDENCE`: photo textures that pass the gate mostly read as a
 lone, doubtful character.
@@ -119,27 +119,30 @@ class TextReader:
     def has_text(self, image: Image.Image) -> bool:
         """The gate alone: whether the detector finds a text-shaped box on the small copy (or, for a
         picture that looks like a screen, on the larger one)."""
-        pixels = _pixels(image, self.gate_side)
-        if self._finds_text(self._gate, pixels):
+        pixels = gray_pixels(image, self.gate_side)
+        if _any_text_shaped(self.gate_boxes(pixels), pixels):
             return True
-        if self._screen_gate is None or self.screen_gate_side is None or not looks_like_a_screen(pixels):
+        if self.screen_gate_side is None or not looks_like_a_screen(pixels):
             return False
-        return self._finds_text(self._screen_gate, _pixels(image, self.screen_gate_side))
+        pixels = gray_pixels(image, self.screen_gate_side)
+        return _any_text_shaped(self.gate_boxes(pixels, screen=True), pixels)
 
-    def _finds_text(self, gate: object, pixels: np.ndarray) -> bool:
+    def gate_boxes(self, pixels: np.ndarray, *, screen: bool = False) -> list[tuple[float, float]]:
+        """(width, height) of every box text detection finds on a gate copy (:func:`gray_pixels` at
+        ``gate_side``, or at ``screen_gate_side`` with ``screen``), shape rule not applied."""
+        gate = self._screen_gate if screen else self._gate
+        if gate is None:
+            raise ValueError("this reader has no screen gate")
         with self._lock:
-            found = gate(pixels, use_det=True, use_cls=False, use_rec=False)  # type: ignore[operator]
+            found = gate(pixels, use_det=True, use_cls=False, use_rec=False)
         boxes = getattr(found, "boxes", None)
-        if boxes is None:
-            return False
-        short_side = min(pixels.shape[:2])
-        return any(_text_shaped(box, short_side) for box in boxes)
+        return [] if boxes is None else [box_size(box) for box in boxes]
 
     def read_lines(self, image: Image.Image) -> list[TextLine]:
         """The confident lines of one image, top to bottom; [] when the gate finds no text."""
         if not self.has_text(image):
             return []
-        pixels = _pixels(image, self.max_side)
+        pixels = gray_pixels(image, self.max_side)
         with self._lock:
             result = self._engine(pixels)
         texts = getattr(result, "txts", None) or ()
@@ -160,16 +163,24 @@ def looks_like_a_screen(pixels: np.ndarray) -> bool:
     return float(counts[max(0, top - 2):top + 3].sum()) >= SCREEN_FLAT_SHARE * pixels.size
 
 
-def _text_shaped(box: Sequence[Sequence[float]], picture_short: int) -> bool:
-    """Whether a detected quadrilateral (corners clockwise from top-left) looks like a line of text."""
+def box_size(box: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(width, height) of a detected quadrilateral, corners clockwise from top-left."""
     (x0, y0), (x1, y1), _, (x3, y3) = ((float(x), float(y)) for x, y in box[:4])
-    width = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5
-    height = ((x3 - x0) ** 2 + (y3 - y0) ** 2) ** 0.5
+    return ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5, ((x3 - x0) ** 2 + (y3 - y0) ** 2) ** 0.5
+
+
+def text_shaped(width: float, height: float, picture: tuple[int, int]) -> bool:
+    """Whether a box of this size on a gate picture of this size looks like a line of text, not a blob."""
     short, long = min(width, height), max(width, height)
-    return short <= GATE_MAX_SHORT * picture_short or long >= GATE_MIN_ASPECT * max(short, 1.0)
+    return short <= GATE_MAX_SHORT * min(picture) or long >= GATE_MIN_ASPECT * max(short, 1.0)
 
 
-def _pixels(image: Image.Image, longest: int) -> np.ndarray:
+def _any_text_shaped(boxes: list[tuple[float, float]], pixels: np.ndarray) -> bool:
+    picture = (int(pixels.shape[1]), int(pixels.shape[0]))
+    return any(text_shaped(width, height, picture) for width, height in boxes)
+
+
+def gray_pixels(image: Image.Image, longest: int) -> np.ndarray:
     """A grayscale uint8 array with the longest side at most ``longest`` (never upscaled)."""
     gray = image if image.mode == "L" else image.convert("L")
     if max(gray.size) > longest:
