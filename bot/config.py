@@ -186,6 +186,9 @@ class QueueSettings(_Section):
     background_batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
     # Background batches pause between model layers while more urgent work waits (else at batch ends).
     preempt_background: bool = True
+    # JPEGs decoded on the GPU, batched (bot/inference/gpu_decode.py): "auto" = when the models run on
+    # CUDA, "off" = never. Other formats, and JPEGs the GPU path must not take, go to the decoder processes.
+    gpu_decode: Literal["auto", "off"] = "auto"
 
 
 class InferenceSettings(_Section):

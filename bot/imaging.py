@@ -83,6 +83,7 @@ __all__ = [
     "ImageTooManyPixels",
     "TooMuchMetadata",
     "UnsupportedImageType",
+    "check_structure",
     "decode_image",
     "describe_format",
     "sniff_format",
@@ -568,6 +569,18 @@ _PILLOW_METADATA_LIMIT: Final = re.compile(
 
 def _too_much(fmt: str, what: str, limit: int) -> TooMuchMetadata:
     return TooMuchMetadata(detail=f"{fmt}: more than {limit:,} {what}")
+
+
+def check_structure(data: bytes, fmt: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """The structural pre-scan of :func:`decode_image` (step 3) on its own, for a decoder that does not
+    go through :func:`decode_image` (the GPU JPEG path, :mod:`bot.inference.gpu_decode`): the same
+    limits then hold before that decoder sees the bytes.
+
+    Raises :class:`TooMuchMetadata` exactly where :func:`decode_image` would; decodes nothing, and,
+    like the scan inside :func:`decode_image`, leaves truncated or garbled files for the decoder to
+    judge, and a pixel count over ``max_pixels`` for the header check that follows it.
+    """
+    _check_structure(data, fmt, max_pixels)
 
 
 def _check_structure(data: bytes, fmt: str, max_pixels: int) -> int | None:

@@ -11,7 +11,10 @@ Stages, in the order a job meets them (the vocabulary of Triton's dynamic batche
    worker process (:class:`bot.decode_sandbox.DecodeSandbox`, one per decode thread: a hostile file
    that makes the codec spin or balloon is killed at ``images.decode_timeout_s`` /
    ``decode_memory_mb``), then :meth:`Analyzer.prepare` (the models' own resize/normalise) in the
-   thread. This CPU work overlaps the model compute of the batch before.
+   thread. This CPU work overlaps the model compute of the batch before. When the models run on CUDA
+   (``queue.gpu_decode = "auto"``), plain JPEGs are decoded on the GPU instead, batched across the
+   decode threads, after the same hostile-input checks (:mod:`bot.inference.gpu_decode`); everything
+   else still goes to the worker processes.
 3. **batch** — three worker threads (:class:`~bot.inference.batching.Worker`): interactive work;
    background work that does not caption (the fast tier); background work that runs the captioner
    (the caption tier, full analyses). Each takes up to ``max_batch_size`` jobs of one kind (the
@@ -80,6 +83,7 @@ from bot.inference.batching import (
     predict_splitting_on_oom,
 )
 from bot.inference.errors import InferenceError, JobTimeout, QueueClosed, WorkerCrashed, outcome_of
+from bot.inference.gpu_decode import GpuJpegDecoder, gpu_decode_wanted
 from bot.inference.metrics import QueueMetrics
 
 if TYPE_CHECKING:
@@ -169,12 +173,18 @@ class InferenceQueue(BackendBase):
         metrics: QueueMetrics | None = None,
         is_oom: Callable[[BaseException], bool] = is_out_of_memory,
         decoder: DecodeSandbox | None = None,
+        gpu_decoder: GpuJpegDecoder | None = None,
     ) -> None:
         self.settings = queue_settings or QueueSettings()
         self.image_settings = image_settings or ImageSettings()
         # The decoder processes: shared when given (Services shares them with /vibe), else our own.
         self._owns_decoder = decoder is None
         self.decoder = decoder or DecodeSandbox.from_settings(self.image_settings, workers=self.settings.decode_workers)
+        # The GPU JPEG path: given (used as is, whatever the device: tests drive it on the CPU), or made on
+        # the first decode once the models' device is known (queue.gpu_decode), or never (None).
+        self._gpu_decoder = gpu_decoder
+        self._gpu_decoder_decided = gpu_decoder is not None
+        self._gpu_decoder_lock = threading.Lock()
         if isinstance(analyzer, AnalyzerLike) and not isinstance(analyzer, type):  # a class is a factory
             self._analyzer: AnalyzerLike | None = analyzer
             self._factory: Callable[[], AnalyzerLike] | None = None
@@ -388,12 +398,48 @@ class InferenceQueue(BackendBase):
     def _decode(self, data: bytes, filename: str | None, tier: Tier, keep: list[DecodedImage] | None) -> Any:
         """Decode pool: bytes → upright RGB ≤ target_size → model-ready tensors for ``tier`` (when possible)."""
         started = time.perf_counter()
-        decoded = self.decoder.decode(data, filename=filename, text_size=self._text_size())
+        decoded = self._decode_bytes(data, filename, self._text_size())
         if keep is not None:  # kept between the tiers: the reader's larger copy is only needed now
             keep.append(decoded.without_text_image())
         result = self._prepare_for(decoded, tier)
         self.metrics.observe_stage("decode", time.perf_counter() - started)
         return result
+
+    # -- the GPU JPEG path (issue 14): which decoder gets the bytes; everything after it is the same.
+
+    def _decode_bytes(self, data: bytes, filename: str | None, text_size: int) -> DecodedImage:
+        """Decode pool: the GPU JPEG decoder when it is on (it hands what it must not decode to
+        ``self.decoder`` itself, per image), else the decoder processes."""
+        gpu = self.gpu_decoder
+        if gpu is not None:
+            return gpu.decode(data, filename=filename, text_size=text_size)
+        return self.decoder.decode(data, filename=filename, text_size=text_size)
+
+    @property
+    def gpu_decoder(self) -> GpuJpegDecoder | None:
+        """The GPU JPEG decoder, or None (``queue.gpu_decode`` off, models not on CUDA, or not loaded yet).
+
+        Decided once, from the loaded analyzer's device (a decode only gets here after
+        :meth:`_text_size` waited for the models), so a CPU host never builds one."""
+        if self._gpu_decoder_decided:
+            return self._gpu_decoder
+        analyzer = self._analyzer
+        if analyzer is None:  # not loaded (or loading failed): the CPU path, and decide later
+            return None
+        with self._gpu_decoder_lock:
+            if not self._gpu_decoder_decided:
+                device = getattr(analyzer, "device", None)
+                if gpu_decode_wanted(self.settings.gpu_decode, device):
+                    assert device is not None
+                    images = self.image_settings
+                    self._gpu_decoder = GpuJpegDecoder(
+                        device, fallback=self.decoder.decode, max_bytes=images.max_bytes,
+                        max_pixels=images.max_pixels, target_size=images.target_size,
+                        max_batch=self.settings.max_batch_size,
+                    )
+                    log.info("inference queue: decoding JPEGs on %s (queue.gpu_decode)", device)
+                self._gpu_decoder_decided = True
+        return self._gpu_decoder
 
     def _text_size(self) -> int:
         """The reader copy the analyzer wants from the decoder (``Analyzer.text_size``; 0: none).
