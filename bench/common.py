@@ -75,8 +75,17 @@ def machine_info() -> dict[str, Any]:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "library default"),
         "python": platform.python_version(),
         "cuda_available": torch.cuda.is_available(),
+        "gpu": _gpu_name(torch),
         "loadavg": load_average(),
     }
+
+
+def _gpu_name(torch: Any) -> str:
+    """The first CUDA device as "name (N GiB)", or "" when this machine has none."""
+    if not torch.cuda.is_available():
+        return ""
+    props = torch.cuda.get_device_properties(0)
+    return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
 
 
 def load_average() -> str:
@@ -126,13 +135,15 @@ def header_lines(
         "",
         f"- date: {REPORT_DATE} (run at {datetime.datetime.now().strftime('%H:%M')} local time)",
         f"- machine: {info['nproc']} CPU cores ({info['cpu']}; {info['cpu_flags']}), {info['ram_gib']} GiB RAM, "
-        f"no GPU (`torch.cuda.is_available() = {info['cuda_available']}`)",
+        + (f"GPU: {info['gpu']}" if info.get("gpu") else
+           f"no GPU (`torch.cuda.is_available() = {info['cuda_available']}`)"),
         f"- torch {info['torch']} ({info['torch_threads']} intra-op threads, "
         f"`OMP_WAIT_POLICY={info['omp_wait_policy']}` unless a row says otherwise), Python {info['python']}",
         f"- load average at start: {info['loadavg']} (the machine is shared with other work: numbers are noisy; "
         f"{noise_note})",
-        "- **All numbers are CPU numbers.** GPU (H100) numbers could not be measured in this session: no GPU was "
-        "lent to it.",
+        # Describes the machine the run was on, not a fixed sentence: a GPU run must not claim CPU numbers.
+        ("- models ran on the GPU named above where a row says cuda, on the CPU otherwise" if info.get("gpu") else
+         "- **All numbers are CPU numbers**: this machine has no GPU."),
         *(extra or []),
         "",
     ]
@@ -296,8 +307,13 @@ def _write_real_size_models(directory: Path) -> None:
     (directory / _DONE).write_text(json.dumps({"version": 2}))
 
 
-def load_real_size_analyzer(directory: Path, *, dtype: Any = None, sdpa: bool = True, device: Any = None) -> Any:
-    """The bot's Analyzer on the real-size stand-ins (CPU unless ``device``), captions forced to 20 tokens."""
+def load_real_size_analyzer(
+    directory: Path, *, dtype: Any = None, sdpa: bool = True, device: Any = None, reader: bool = True
+) -> Any:
+    """The bot's Analyzer on the real-size stand-ins (CPU unless ``device``), captions forced to 20 tokens.
+
+    ``reader``: the text reader as the default config has it (RapidOCR's real weights, from its wheel), so
+    the figures are the default set-up's; False measures the pipeline without it."""
     import torch
 
     from bot.config import Settings
@@ -305,6 +321,7 @@ def load_real_size_analyzer(directory: Path, *, dtype: Any = None, sdpa: bool = 
     from bot.models.captioner import BlipCaptioner
     from bot.models.embedder import TextEmbedder
     from bot.models.hub import resolve_hf
+    from bot.models.reader import TextReader
     from bot.models.sentiment import TransformersSentiment
     from bot.models.tagger import ClipTagger
     from bot.pipeline import Analyzer
@@ -326,7 +343,8 @@ def load_real_size_analyzer(directory: Path, *, dtype: Any = None, sdpa: bool = 
     embedder_path = resolve_hf("embedder", settings.models.embedder.model, offline=True)
     embedder = TextEmbedder(embedder_path, model_id=settings.models.embedder.model, device=device)
     sentiment = TransformersSentiment(directory / REAL_SENTIMENT, model_id="real-size-random-roberta", device=device)
-    return Analyzer(captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment)
+    text_reader = TextReader.from_settings(settings.models.ocr) if reader else None
+    return Analyzer(captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment, reader=text_reader)
 
 
 def force_caption_length(captioner: Any, tokens: int = CAPTION_TOKENS) -> None:
