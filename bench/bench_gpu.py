@@ -15,7 +15,13 @@ vision tower and the text decoder, CLIP ViT-B/32, MiniLM, roberta-base sentiment
    every CPU core, ``--batch`` max batch size; bench_queue's closed burst): images/s for the full
    analysis, per-stage times;
 4. **light load** — one image per second (``--light-seconds``): p50 / p95 latency, arrival → result;
-5. **memory** — peak GPU memory allocated / reserved by PyTorch across all of the above.
+5. **memory** — peak GPU memory allocated / reserved by PyTorch across all of the above;
+6. **caption decoder** (after the memory figures, so it does not change them) — the static-cache and
+   CUDA-graph decoders of ``models.captioner.decoder`` (bot/models/static_decode.py) against
+   transformers' ``generate`` on the same BLIP checkpoint: token equivalence on ``--decoder-images``
+   distinct pictures (crops and mirrors of the bench photos) in float32 and bfloat16, and decode
+   time per token at each batch size with captions forced to 20 tokens. Without CUDA the graph
+   decoder is not measured (it falls back to the static loop).
 
 Every number is from the machine named in the report's header; nothing here is a target check.
 """
@@ -35,7 +41,9 @@ from typing import Any
 
 from bench.bench_queue import queued
 from bench.common import (
+    CAPTION_TOKENS,
     DEFAULT_MODELS_DIR,
+    REAL_BLIP,
     REPORT_DATE,
     RESULTS,
     bench_photos,
@@ -144,6 +152,114 @@ def naive(analyzer: Any, photos: list[bytes], count: int, device: str) -> dict[s
             "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)}
 
 
+def decoder_pictures(photos: list[bytes], count: int) -> list[Any]:
+    """``count`` distinct pictures: seeded crops (60-100 % of each side) of the bench photos, every other
+    round mirrored, so equal captions are the model's doing, not repeated inputs."""
+    import random
+
+    from PIL import ImageOps
+
+    rng = random.Random(0)
+    decoded = [decode_image(data).image for data in photos]
+    pictures = []
+    for index in range(count):
+        image = decoded[index % len(decoded)]
+        width, height = image.size
+        w, h = int(width * rng.uniform(0.6, 1.0)), int(height * rng.uniform(0.6, 1.0))
+        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+        picture = image.crop((left, top, left + w, top + h))
+        pictures.append(ImageOps.mirror(picture) if (index // len(decoded)) % 2 else picture)
+    return pictures
+
+
+def _decoders(device: str) -> tuple[str, ...]:
+    return ("static", "graphs") if device == "cuda" else ("static",)
+
+
+def _rows(ids: Any, pad: int) -> list[tuple[int, ...]]:
+    """Token rows without the trailing pad (a batch's length depends on its longest caption)."""
+    rows = []
+    for row in ids.tolist():
+        while row and row[-1] == pad:
+            row.pop()
+        rows.append(tuple(row))
+    return rows
+
+
+def decoder_check(blip_path: Path, device: str, photos: list[bytes], *, images: int, batch: int,
+                  timing_batches: tuple[int, ...], reps: int) -> dict[str, Any]:
+    """Static / graph decoders vs ``generate``: equivalence (float32, bfloat16) and per-token time.
+
+    Equivalence runs each checkpoint's own generation settings (captions end where the model says);
+    timing forces ``max_new_tokens`` tokens (``min_new_tokens`` on the *text decoder's* generation
+    config, the one BLIP's generate reads) so every decoder does the same work.
+    """
+    import torch
+
+    from bot.models.captioner import BlipCaptioner
+
+    pictures = decoder_pictures(photos, images)
+    timing_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    batch = min(batch, images)
+    result: dict[str, Any] = {"images": images, "batch": batch, "equivalence": [], "timing": [],
+                              "decoders": list(_decoders(device)), "tokens": CAPTION_TOKENS}
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        captioner = BlipCaptioner(blip_path, model_id="bench-blip", device=torch.device(device), dtype=dtype,
+                                  max_new_tokens=CAPTION_TOKENS)
+        pad = captioner.model.config.text_config.pad_token_id
+        pixels = captioner.preprocess(pictures)
+        chunks = [pixels[start:start + batch] for start in range(0, images, batch)]
+        reference = [row for chunk in chunks for row in _rows(captioner.generate_ids(chunk, decoder="generate"), pad)]
+        for decoder in _decoders(device):
+            got = [row for chunk in chunks for row in _rows(captioner.generate_ids(chunk, decoder=decoder), pad)]
+            differing = sum(a != b for a, b in zip(reference, got, strict=True))
+            row = {"dtype": name, "decoder": decoder, "images": images, "identical": differing == 0,
+                   "differing": differing, "distinct_captions": len(set(reference))}
+            result["equivalence"].append(row)
+            print("decoder-equivalence", json.dumps(row), flush=True)
+        if dtype == timing_dtype:
+            result["timing"] = decoder_timing(captioner, pixels, device, timing_batches, reps)
+        del captioner, pixels, chunks
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def decoder_timing(captioner: Any, pixels: Any, device: str, batches: tuple[int, ...], reps: int
+                   ) -> list[dict[str, Any]]:
+    """Per-token decode time (vision tower subtracted) for each decoder at each batch size."""
+    import torch
+
+    tokens = captioner.max_new_tokens
+    captioner.model.text_decoder.generation_config.min_new_tokens = tokens  # every caption: `tokens` tokens
+    rows = []
+    for batch in batches:
+        items = pixels[(torch.arange(batch) % pixels.shape[0])].to(captioner.device)
+
+        def best(run: Any, items: Any = items) -> float:
+            run(items)  # warm-up at this shape (kernel selection; graph capture for the graph decoder)
+            samples = []
+            for _ in range(reps):
+                _sync(device)
+                started = time.perf_counter()
+                run(items)
+                _sync(device)
+                samples.append(time.perf_counter() - started)
+            return min(samples)
+
+        with torch.inference_mode():
+            vision = best(lambda px: captioner.model.vision_model(pixel_values=px.to(captioner.dtype)))
+        row: dict[str, Any] = {"batch": batch, "vision_s": vision}
+        for decoder in ("generate", *_decoders(device)):
+            total = best(lambda px, decoder=decoder: captioner.generate_ids(px, decoder=decoder))
+            row[decoder] = {"s": total, "ms_per_token": max(total - vision, 0.0) / tokens * 1000}
+        rows.append(row)
+        print("decoder-timing", json.dumps(row), flush=True)
+    captioner.model.text_decoder.generation_config.min_new_tokens = None
+    return rows
+
+
 async def light_load(analyzer: Any, photos: list[bytes], *, rate: float, seconds: float,
                      settings: QueueSettings) -> dict[str, Any]:
     """``rate`` images/s, each awaited on its own: the latency a user sees on a quiet server."""
@@ -223,6 +339,46 @@ def report(info: dict[str, Any], gpu: dict[str, Any], args: argparse.Namespace, 
                   f"{memory['allocated_gib']:.2f} GiB held at the end (the weights)"]
     else:
         lines += ["", "- peak GPU memory: n/a (no GPU in this run)"]
+    if results.get("decoder"):
+        lines += decoder_report(results["decoder"], args.device)
+    return lines
+
+
+def decoder_report(decoder: dict[str, Any], device: str) -> list[str]:
+    """The caption-decoder section: equivalence table, then per-token times."""
+    names = decoder["decoders"]
+    lines = [
+        "",
+        "## Caption decoder: static KV cache / CUDA graphs vs transformers' generate",
+        "",
+        f"Same BLIP checkpoint, {decoder['images']} distinct pictures in batches of {decoder['batch']}, greedy. "
+        "Tokens identical means every caption's token ids equal generate's.",
+        "",
+        "| dtype | decoder | captions | tokens identical | differing captions | distinct captions (generate) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in decoder["equivalence"]:
+        lines.append(f"| {row['dtype']} | {row['decoder']} | {row['images']} | "
+                     f"{'**yes**' if row['identical'] else '**no**'} | {row['differing']} | "
+                     f"{row['distinct_captions']} |")
+    if device != "cuda":
+        lines += ["", "- graphs: not measured (no CUDA here; `decoder = \"graphs\"` runs the static loop on a CPU)"]
+    lines += [
+        "",
+        f"Decode time per token ({decoder['tokens']} tokens forced, vision tower time subtracted; "
+        f"{'bfloat16' if device == 'cuda' else 'float32'}):",
+        "",
+        "| dtype | batch | generate ms/token | " + " | ".join(f"{n} ms/token" for n in names)
+        + " | " + " | ".join(f"{n} speed-up" for n in names) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " | " + " | ".join("---" for _ in names) + " |",
+    ]
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    for row in decoder["timing"]:
+        base = row["generate"]["ms_per_token"]
+        times = " | ".join(f"{row[n]['ms_per_token']:.2f}" for n in names)
+        ups = " | ".join(f"{base / row[n]['ms_per_token']:.1f}x" if row[n]["ms_per_token"] > 0 else "—"
+                         for n in names)
+        lines.append(f"| {dtype} | batch {row['batch']} | {base:.2f} | {times} | {ups} |")
     return lines
 
 
@@ -252,6 +408,13 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                                             settings=light)
         print("light", json.dumps(results["light"]), flush=True)
         results["gpu_memory"] = gpu_memory()
+        if args.decoder_images:
+            from bot.models.tiny import BLIP_DIR
+
+            blip_path = Path(folder) / BLIP_DIR if args.tiny else args.models_dir / REAL_BLIP
+            results["decoder"] = decoder_check(
+                blip_path, args.device, photos, images=args.decoder_images, batch=args.batch,
+                timing_batches=batches, reps=args.reps)
     return results
 
 
@@ -267,9 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--light-rate", type=float, default=1.0, help="images/s in the light-load run")
     parser.add_argument("--light-seconds", type=float, default=20.0)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--decoder-images", type=int, default=None,
+                        help="pictures in the caption-decoder equivalence check (default 512, 16 with --tiny; 0 skips)")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     parser.add_argument("--out", type=Path, default=RESULTS / "queue_gpu.md")
     args = parser.parse_args(argv)
+    if args.decoder_images is None:
+        args.decoder_images = 16 if args.tiny else 512
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

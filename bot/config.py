@@ -46,6 +46,12 @@ class CaptionerSettings(_Section):
     # CPU only, opt-in: dynamic int8 Linear layers (about 2x faster captions on CPU, see
     # bench/results/roles_cpu.md); outputs drift slightly from float32, so it is off by default.
     cpu_int8: bool = False
+    # How captions are decoded (greedy): "generate" (transformers), "static" (pre-allocated KV cache),
+    # "graphs" (static, each token replayed as a CUDA graph; "static" without CUDA, said once in the log),
+    # "auto" (graphs on CUDA, generate elsewhere). Same tokens from all four (bot/models/static_decode.py,
+    # tests/test_static_decode.py); the static ones are for GPU throughput. With num_beams > 1 or generation
+    # settings the static loop does not reproduce, generate runs.
+    decoder: Literal["auto", "generate", "static", "graphs"] = "generate"
 
 
 class TaggerSettings(_Section):

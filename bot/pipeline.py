@@ -182,6 +182,7 @@ class Analyzer:
             prompt=models.captioner.prompt,
             # Opt-in, CPU only; read defensively until the config grows the key.
             cpu_int8=models.captioner.cpu_int8,
+            decoder=models.captioner.decoder,
         )
         tagger = ClipTagger(
             model=clip_model, weights=clip_path, label_sets=label_sets, device=device, dtype=dtype,

@@ -11,6 +11,14 @@ from typing import Protocol
 import torch
 from PIL import Image
 
+from bot.models.static_decode import (
+    Decoder,
+    DecoderSetting,
+    StaticBlipDecoder,
+    resolve_decoder,
+    unsupported_generation_settings,
+)
+
 log = logging.getLogger(__name__)
 
 
@@ -42,11 +50,17 @@ class BlipCaptioner:
         num_beams: int = 1,
         prompt: str = "",
         cpu_int8: bool = False,
+        decoder: DecoderSetting = "generate",
     ) -> None:
         """``cpu_int8``: opt-in dynamic int8 quantisation of every Linear layer when running on the CPU
         (weights stored as int8, activations quantised per batch). Measured in bench/results/roles_cpu.md:
         the text decoder, which re-reads all its weights for every token, gets much faster; captions
-        may differ slightly from float32 ones, hence opt-in. Ignored on CUDA, where bf16 is the tool."""
+        may differ slightly from float32 ones, hence opt-in. Ignored on CUDA, where bf16 is the tool.
+
+        ``decoder`` (``models.captioner.decoder``): ``generate`` (transformers), ``static`` (a pre-allocated
+        KV cache, :mod:`bot.models.static_decode`), ``graphs`` (that, replayed as CUDA graphs; ``static``
+        without CUDA) or ``auto`` (``graphs`` on CUDA, ``generate`` elsewhere). All give the same greedy
+        tokens; the static ones exist for GPU throughput (launch overhead, not arithmetic, dominates there)."""
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
         from bot.models.sdpa import enable_blip_sdpa
@@ -65,6 +79,9 @@ class BlipCaptioner:
         self.int8 = False
         if cpu_int8:
             self._quantize_int8()
+        self.decoder: Decoder = resolve_decoder(decoder, device)
+        self._static: dict[bool, StaticBlipDecoder] = {}  # by "graphs", built on first use
+        self._logged: set[str] = set()
 
     def _quantize_int8(self) -> None:
         if self.device.type != "cpu" or self.dtype != torch.float32:
@@ -98,21 +115,52 @@ class BlipCaptioner:
     @torch.inference_mode()
     def caption_pixels(self, pixel_values: torch.Tensor) -> list[str]:
         """Greedy captions for a batch of :meth:`preprocess` output (on the CPU or already on the device)."""
-        count = int(pixel_values.shape[0])
-        if count == 0:
+        if int(pixel_values.shape[0]) == 0:
             return []
-        generate_kwargs = {
-            "pixel_values": pixel_values.to(self.device, non_blocking=True).to(self.dtype),
-            "max_new_tokens": self.max_new_tokens,
-            "num_beams": self.num_beams,
-            "do_sample": False,  # same image, same caption
-        }
+        captions = self.processor.batch_decode(self.generate_ids(pixel_values), skip_special_tokens=True)
+        return [" ".join(text.split()) for text in captions]
+
+    @torch.inference_mode()
+    def generate_ids(self, pixel_values: torch.Tensor, *, decoder: Decoder | None = None) -> torch.Tensor:
+        """Token ids (bos and prompt included) for a batch of pixel values, from this captioner's decoder
+        or the one named (tests and the GPU bench compare them on the same model)."""
+        count = int(pixel_values.shape[0])
+        pixels = pixel_values.to(self.device, non_blocking=True).to(self.dtype)
+        input_ids = attention_mask = None
         if self.prompt:
             prompt = self.processor.tokenizer(
                 [self.prompt] * count, return_tensors="pt", return_token_type_ids=False
             )
-            generate_kwargs["input_ids"] = prompt["input_ids"].to(self.device)
-            generate_kwargs["attention_mask"] = prompt["attention_mask"].to(self.device)
-        output = self.model.generate(**generate_kwargs)
-        captions = self.processor.batch_decode(output, skip_special_tokens=True)
-        return [" ".join(text.split()) for text in captions]
+            input_ids = prompt["input_ids"].to(self.device)
+            attention_mask = prompt["attention_mask"].to(self.device)
+        chosen = decoder or self.decoder
+        if chosen != "generate":
+            # The text decoder's config: BLIP's generate passes everything on to text_decoder.generate.
+            config = self.model.text_decoder.generation_config
+            unsupported = unsupported_generation_settings(config, num_beams=self.num_beams)
+            if unsupported:
+                self._log_once(f"captioner decoder {chosen!r} does not reproduce {', '.join(unsupported)}: "
+                               "transformers' generate runs instead")
+                chosen = "generate"
+        if chosen == "generate":
+            kwargs = {} if input_ids is None else {"input_ids": input_ids, "attention_mask": attention_mask}
+            return self.model.generate(
+                pixel_values=pixels, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
+                do_sample=False,  # same image, same caption
+                **kwargs,
+            )
+        return self._static_decoder(graphs=chosen == "graphs").generate(
+            pixels, input_ids, attention_mask, max_new_tokens=self.max_new_tokens
+        )
+
+    def _static_decoder(self, *, graphs: bool) -> StaticBlipDecoder:
+        """The static decoder for the current model (rebuilt if the model object was replaced)."""
+        static = self._static.get(graphs)
+        if static is None or static.model is not self.model:
+            static = self._static[graphs] = StaticBlipDecoder(self.model, graphs=graphs)
+        return static
+
+    def _log_once(self, message: str) -> None:
+        if message not in self._logged:
+            self._logged.add(message)
+            log.info("%s", message)
