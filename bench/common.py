@@ -350,7 +350,9 @@ def load_real_size_analyzer(
 def force_caption_length(captioner: Any, tokens: int = CAPTION_TOKENS) -> None:
     """Random weights may emit [SEP] early; a real caption is ~10-20 tokens: always decode ``tokens``."""
     captioner.max_new_tokens = tokens
-    captioner.model.generation_config.min_new_tokens = tokens
+    # BLIP's generate reads the text decoder's generation config; the outer model's is ignored (which is
+    # where this was set until 2026-12-01: captions that ended early on [SEP] were not forced to length).
+    captioner.model.text_decoder.generation_config.min_new_tokens = tokens
 
 
 def reload_eager_blip(captioner: Any, path: Path, *, vision_sdpa: bool = False) -> None:
