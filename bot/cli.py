@@ -28,17 +28,22 @@ import json
 import logging
 import os
 import sys
-import tempfile
+import textwrap
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.errors import UserFacingError
 from bot.labels import LabelSetError
 from bot.models.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    from bot.analysis import ImageAnalysis
+    from bot.inference import InferenceBackend, QueueMetrics
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("bot")
@@ -114,92 +119,260 @@ def printable_path(path: str | os.PathLike[str]) -> str:
     return "".join(char if char.isprintable() else escape(char) for char in os.fspath(path))
 
 
-@contextlib.contextmanager
-def quiet_library_output() -> Iterator[None]:
-    """Keep image libraries' chatter off stderr while decoding (it is logged at INFO instead, for -v).
+# ----- describe -------------------------------------------------------------------------------------
+# Every picture goes through the inference backend Services builds for the bot (the local queue, or the
+# Ray client with `[inference] backend = "ray"`): one batching, timeout, out-of-memory and priority
+# policy, the same decode sandbox and the reader's own gray copy, the same typed refusals.
 
-    Two kinds: Python warnings, which print the library's source path (Pillow's TIFF metadata
-    warnings: ``.../PIL/TiffImagePlugin.py:773: UserWarning: Metadata Warning, tag 274 had too many
-    entries``), and C libraries writing straight to file descriptor 2 (libtiff's error handler:
-    ``ZIPDecode: Decoding error at scanline 0, incorrect data check.``), which only redirecting the
-    descriptor catches. Process-wide and not thread-safe: for the single-threaded command line.
-    """
-    sys.stderr.flush()
-    with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryFile() as sink:
-        warnings.simplefilter("always")
-        try:
-            saved: int | None = os.dup(2)
-        except OSError:  # no stderr at all: nothing to protect
-            saved = None
-        if saved is not None:
-            os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            if saved is not None:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                os.close(saved)
-            for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
-                log.info("while decoding: %s", message)
-            sink.seek(0)
-            chatter = sink.read().decode("utf-8", "replace").split()
-            if chatter:
-                log.info("while decoding, a library printed: %s", " ".join(chatter))
+# Above this many IMAGE arguments, a progress line goes to stderr every this many files and at the end
+# (a short run keeps stderr for problems only).
+_DESCRIBE_PROGRESS_EVERY = 25
+# After Ctrl-C, how long the backend may take to stop: a batch already in the models runs on in its
+# (daemon) thread and is abandoned at exit, rather than holding the terminal for a whole batch.
+_DESCRIBE_STOP_GRACE_S = 1.0
+# What main() reports as one clear line itself (a missing model, a bad label file, the Ray app not answering).
+_ONE_LINE_FAILURES: tuple[type[Exception], ...] = (ConfigError, ModelUnavailable, LabelSetError, UserFacingError)
+
+
+class _BackendStartFailed(Exception):
+    """The backend did not start for another reason (a model folder that fails to load): one line, as
+    ``run`` and ``console`` say it, not a traceback (which would read as a bug in the bot)."""
+
+
+@dataclass(frozen=True)
+class _Described:
+    """One IMAGE argument's outcome: its analysis, or the one-line reason it has none."""
+
+    path: str
+    analysis: ImageAnalysis | None = None
+    error: str | None = None
+
+
+class _DescribeOutput:
+    """Prints outcomes as they come, in input order: a line per image on stdout (errors on stderr),
+    or with ``--json`` the one JSON array of ``json.dumps(records, indent=2)``, written an item at a
+    time so that a long run neither waits to the end to show anything nor holds every record."""
+
+    def __init__(self, *, as_json: bool, total: int) -> None:
+        self.as_json = as_json
+        self.total = total
+        self.done = 0
+        self.failed = 0
+
+    def emit(self, item: _Described) -> None:
+        if item.analysis is None:
+            self.failed += 1
+        if self.as_json:
+            print("[" if not self.done else ",")
+            print(textwrap.indent(json.dumps(self._record(item), indent=2), "  "), end="")
+        elif item.analysis is not None:
+            print(f"{printable_path(item.path)}: {item.analysis.context_line()}")
+        else:
+            print(f"{printable_path(item.path)}: error: {printable_path(item.error or 'failed')}", file=sys.stderr)
+        self.done += 1
+        if self.total > _DESCRIBE_PROGRESS_EVERY and (
+            self.done % _DESCRIBE_PROGRESS_EVERY == 0 or self.done == self.total
+        ):
+            print(f"describe: {self.done}/{self.total} images done, {self.failed} failed", file=sys.stderr,
+                  flush=True)
+
+    def finish(self) -> None:
+        """Close the JSON array (only after every item: an interrupted run leaves it visibly unfinished)."""
+        if self.as_json:
+            print("\n]" if self.done else "[]")
+
+    @staticmethod
+    def _record(item: _Described) -> dict[str, Any]:
+        if item.analysis is None:
+            return {"path": item.path, "error": item.error}
+        return {"path": item.path, "analysis": item.analysis.to_dict(), "context_line": item.analysis.context_line()}
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from bot.decode_sandbox import DecodeSandbox
-    from bot.imaging import ImageRejected
-    from bot.pipeline import Analyzer
+    """One ``[Image Attached: ...]`` line (or JSON record) per IMAGE, in input order; 1 if any failed.
+
+    A file that cannot be read, or that the decoder refuses, or whose job the backend gives up on, is
+    one ``PATH: error: ...`` line on stderr and does not stop the others."""
+    import asyncio
 
     settings = _settings(args)
-    decoded, results = [], []
-    # The same killable decoder processes as the bot: a hostile file cannot hang this command either.
-    with DecodeSandbox.from_settings(settings.images, workers=1) as sandbox:
-        for raw_path in args.images:
-            path = Path(raw_path)
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                results.append({"path": str(path), "error": f"cannot read file: {exc.strerror}"})
-                continue
-            try:
-                with quiet_library_output():
-                    image = sandbox.decode(data, text_size=settings.models.ocr.copy_size)
-            except ImageRejected as exc:
-                results.append({"path": str(path), "error": exc.user_message})
-                continue
-            results.append({"path": str(path)})
-            decoded.append((len(results) - 1, image))
+    output = _DescribeOutput(as_json=args.json, total=len(args.images))
+    try:
+        asyncio.run(_describe(settings, [Path(raw) for raw in args.images], output.emit))
+    except _BackendStartFailed as exc:
+        cause = exc.__cause__ or exc
+        detail = " ".join(f"{type(cause).__name__}: {cause}".split())
+        print(f"error: the inference backend could not start: {detail}", file=sys.stderr)
+        return EXIT_FAILED
+    output.finish()
+    return EXIT_FAILED if output.failed else EXIT_OK
 
-    if decoded:
-        analyzer = Analyzer.from_settings(settings)
-        batch_size = settings.queue.max_batch_size
-        for start in range(0, len(decoded), batch_size):
-            chunk = decoded[start : start + batch_size]
-            for (index, _), analysis in zip(chunk, analyzer.analyze([image for _, image in chunk]), strict=True):
-                results[index]["analysis"] = analysis
 
-    failed = 0
-    if args.json:
-        payload = []
-        for item in results:
-            if "analysis" in item:
-                payload.append({"path": item["path"], "analysis": item["analysis"].to_dict(),
-                                "context_line": item["analysis"].context_line()})
-            else:
-                payload.append(item)
-                failed += 1
-        print(json.dumps(payload, indent=2))
-    else:
-        for item in results:
-            if "analysis" in item:
-                print(f"{printable_path(item['path'])}: {item['analysis'].context_line()}")
-            else:
-                failed += 1
-                print(f"{printable_path(item['path'])}: error: {item['error']}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+async def _describe(settings: Settings, paths: Sequence[Path], emit: Callable[[_Described], None]) -> None:
+    """Start the backend as the bot does (``Services``, without Discord or memory), describe, stop it.
+
+    A normal end drains (nothing is left by then); Ctrl-C or a failure stops without draining, so the
+    process exits promptly instead of finishing the queue's work first."""
+    from bot.services import Services
+
+    try:
+        services = Services(settings, with_memory=False)
+    except ImportError as exc:  # `[inference] backend = "ray"` without the optional ray extra
+        if settings.inference.backend != "ray":
+            raise
+        raise _BackendStartFailed() from exc
+    try:
+        with _warnings_to_log():
+            with _without_logged_load_failure():
+                try:
+                    await services.start()
+                except _ONE_LINE_FAILURES:
+                    raise
+                except Exception as exc:
+                    raise _BackendStartFailed() from exc
+            await _describe_files(services.queue, paths, emit, window=_describe_window(settings),
+                                  max_bytes=settings.images.max_bytes)
+        _log_backend_summary(services.queue.metrics)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error (or Ctrl-C) is what gets reported
+            await services.queue.close(drain=False, timeout=_DESCRIBE_STOP_GRACE_S)
+            await services.close()
+        raise
+    await services.close()
+
+
+def _describe_window(settings: Settings) -> int:
+    """How many files are read and in the backend at once: two batches (one in the models while the
+    next one decodes), never more than ``queue.max_queued`` (so no file is refused as "busy"), and
+    so at most that many files' bytes in memory however many IMAGE arguments there are."""
+    queue = settings.queue
+    return max(1, min(queue.max_queued, 2 * queue.max_batch_size))
+
+
+async def _describe_files(backend: InferenceBackend, paths: Sequence[Path], emit: Callable[[_Described], None], *,
+                          window: int, max_bytes: int) -> None:
+    """Submit each file as its own interactive job (the backend batches them), ``window`` at a time,
+    and hand outcomes to ``emit`` in input order as soon as each one and all before it are done."""
+    import asyncio
+
+    running: dict[asyncio.Task[_Described], int] = {}
+    finished: dict[int, _Described] = {}
+    submitted = emitted = 0
+    try:
+        while emitted < len(paths):
+            # Finished-but-unprinted outcomes are bounded too: a slow first file holds back the rest.
+            while submitted < len(paths) and len(running) < window and submitted - emitted < 4 * window:
+                running[asyncio.create_task(_describe_file(backend, paths[submitted], max_bytes))] = submitted
+                submitted += 1
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                finished[running.pop(task)] = task.result()
+            while emitted in finished:
+                emit(finished.pop(emitted))
+                emitted += 1
+    finally:  # Ctrl-C or a bug: jobs not yet in the models are released and never run
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _describe_file(backend: InferenceBackend, path: Path, max_bytes: int) -> _Described:
+    """One file's outcome; only a bug raises. The file is read up to one byte past ``images.max_bytes``,
+    so an oversized (or endless: ``/dev/zero``) file is refused by the decoder's own size rule, and
+    its bytes go in with its name as the bot's attachments do: the decoder's refusals can name it."""
+    from bot.imaging import ImageRejected
+    from bot.inference import InferenceError, Priority
+
+    shown = str(path)
+    try:
+        data = await _read_at_most(path, max_bytes + 1)
+    except OSError as exc:
+        return _Described(shown, error=f"cannot read file: {exc.strerror or exc}")
+    try:
+        analysis = await backend.analyze(data, filename=path.name, priority=Priority.INTERACTIVE)
+    except ImageRejected as exc:
+        return _Described(shown, error=exc.user_message)
+    except InferenceError as exc:  # timed out, out of memory, worker crashed, ...: said as the bot says it
+        return _Described(shown, error=f"{exc.user_message} ({exc.detail})" if exc.detail else exc.user_message)
+    return _Described(shown, analysis=analysis)
+
+
+async def _read_at_most(path: Path, limit: int) -> bytes:
+    """The file's first ``limit`` bytes, read in a daemon thread of its own rather than the loop's
+    executor: a read that never returns (a FIFO nobody writes to) is abandoned at Ctrl-C, where
+    ``asyncio.run`` would wait for an executor thread forever."""
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bytes] = loop.create_future()
+
+    def settle(data: bytes | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(data or b"")
+
+    def read() -> None:
+        data, error = None, None
+        try:
+            with path.open("rb") as file:
+                data = file.read(limit)
+        except Exception as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits for this any more
+            loop.call_soon_threadsafe(settle, data, error)
+
+    threading.Thread(target=read, name="imagebot-describe-read", daemon=True).start()
+    return await future
+
+
+@contextlib.contextmanager
+def _without_logged_load_failure() -> Iterator[None]:
+    """While the backend starts: drop the inference queue's logged traceback of a model-loading
+    failure. ``start()`` raises that same exception, and describe reports it as one line; the
+    traceback as well would read as a bug (later crash logs, during the jobs, are kept)."""
+    from bot.inference import InferenceQueue
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.exc_info
+
+    logger = logging.getLogger(InferenceQueue.__module__)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+@contextlib.contextmanager
+def _warnings_to_log() -> Iterator[None]:
+    """Python warnings raised while describing (Pillow's TIFF metadata warnings print its source path
+    when ``images.isolate_decoding`` is off and files decode in this process) go to the log at INFO,
+    shown with ``-v``: stderr stays one line per problem file."""
+
+    def to_log(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+               file: Any = None, line: str | None = None) -> None:
+        log.info("while describing: %s: %s", category.__name__, message)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = to_log
+        yield
+
+
+def _log_backend_summary(metrics: QueueMetrics) -> None:
+    """With ``-v``: how the backend ran the images (its jobs' outcomes and, where it forms them in this
+    process, its batches), from the backend's own metrics."""
+    snapshot = metrics.snapshot()
+    outcomes = snapshot["jobs_by_kind"].get("image", {})
+    line = (f"describe: {sum(outcomes.values())} image job(s) through the inference backend "
+            f"({', '.join(f'{outcome} {count}' for outcome, count in sorted(outcomes.items())) or 'none'})")
+    batches = snapshot["batch_size"].get("image")
+    if batches:
+        line += f"; {batches['count']} model batch(es), largest {batches['max']}"
+    log.info("%s", line)
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:

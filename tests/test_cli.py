@@ -434,6 +434,142 @@ def test_global_options_before_or_after_any_subcommand(tmp_path, capsys):
         assert f"config file not found: {missing}" in capsys.readouterr().err
 
 
+# ----- describe: through the inference queue, like every other model user -------------------------------
+
+
+def pixel_bomb() -> bytes:
+    """A PNG whose header claims 60,000 x 60,000 pixels: the decoder refuses it before any pixel is read."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60_000, 60_000, 8, 2, 0, 0, 0)) + chunk(
+        b"IEND", b"")
+
+
+async def test_describe_submits_each_file_to_the_inference_queue(cli_main, capsys, monkeypatch, tiny_config_path,
+                                                                 photos, tmp_path):
+    """Each readable file is one interactive job of the bot's InferenceQueue, with its name; the queue's
+    decode stage gives the typed refusal; output keeps input order whatever order the jobs finish in."""
+    import asyncio
+
+    from bot.imaging import ImageTooManyPixels, decode_image
+    from bot.inference import InferenceQueue, Priority
+
+    (tmp_path / "first.jpg").write_bytes(photos["astronaut"])
+    (tmp_path / "bomb.png").write_bytes(pixel_bomb())
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "last.jpg").write_bytes(photos["coffee"])
+    names = ["first.jpg", "missing.jpg", "bomb.png", "folder", "last.jpg"]
+    calls: list[tuple[str | None, Priority]] = []
+    queues: set[InferenceQueue] = set()
+    analyze = InferenceQueue.analyze
+
+    async def spy(self, data, *, filename=None, timeout=None, priority=Priority.INTERACTIVE):  # noqa: ASYNC109
+        calls.append((filename, priority))
+        queues.add(self)
+        if filename == "first.jpg":  # submitted late, so it finishes last
+            await asyncio.sleep(1.0)
+        return await analyze(self, data, filename=filename, timeout=timeout, priority=priority)
+
+    monkeypatch.setattr(InferenceQueue, "analyze", spy)
+    assert await cli_main("--config", str(tiny_config_path), "describe", *(str(tmp_path / n) for n in names)) == 1
+
+    out, err = capsys.readouterr()
+    assert sorted(calls) == [("bomb.png", Priority.INTERACTIVE), ("first.jpg", Priority.INTERACTIVE),
+                             ("last.jpg", Priority.INTERACTIVE)]  # unreadable files never reach it
+    [queue] = queues
+    assert (queue.metrics.count("ok", "image"), queue.metrics.count("rejected", "image")) == (2, 1)
+    assert not queue.running  # stopped at the end
+    assert [line.split(": [Image Attached: ")[0] for line in out.splitlines()] == [
+        str(tmp_path / "first.jpg"), str(tmp_path / "last.jpg")]
+    with pytest.raises(ImageTooManyPixels) as refusal:  # what the decoder says of it, as the bot would
+        decode_image(pixel_bomb(), filename="bomb.png")
+    assert err.splitlines() == [
+        f"{tmp_path / 'missing.jpg'}: error: cannot read file: No such file or directory",
+        f"{tmp_path / 'bomb.png'}: error: {refusal.value.user_message}",
+        f"{tmp_path / 'folder'}: error: cannot read file: Is a directory",
+    ]
+
+
+def test_describe_json_with_v_says_how_the_queue_batched(tmp_path, tiny_models_dir, photos):
+    """``-v``: the bot's own start-up phase, then the queue's numbers; ``--json`` is the one array it always was."""
+    config = write_config(tmp_path, tiny_models_dir, queue={"max_batch_size": 2})
+    paths = []
+    for index, name in enumerate(["astronaut", "coffee", "bomb", "rocket", "chelsea"]):
+        path = tmp_path / f"{index}-{name}.{'png' if name == 'bomb' else 'jpg'}"
+        path.write_bytes(pixel_bomb() if name == "bomb" else photos[name])
+        paths.append(path)
+    result = run_cli("--config", str(config), "-v", "describe", "--json", *map(str, paths))
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == json.dumps(json.loads(result.stdout), indent=2) + "\n"
+    items = json.loads(result.stdout)
+    assert [item["path"] for item in items] == list(map(str, paths))
+    assert items[2] == {"path": str(paths[2]), "error": items[2]["error"]}
+    assert "too many pixels" in items[2]["error"]
+    assert all(LINE.match(item["context_line"]) for i, item in enumerate(items) if i != 2)
+    assert re.search(r"INFO bot\.services: loading models \(captioner, tagger, embedder, sentiment(, reader)?\)… "
+                     r"done in", result.stderr)
+    summary = re.search(r"INFO bot: describe: 5 image job\(s\) through the inference backend \(ok 4, rejected 1\); "
+                        r"(\d+) model batch\(es\), largest (\d+)$", result.stderr, re.M)
+    assert summary, result.stderr
+    assert int(summary[1]) >= 2 and int(summary[2]) <= 2  # queue.max_batch_size, honoured by the queue
+    assert "Traceback" not in result.stderr
+
+
+def test_describe_many_files_reports_progress_on_stderr(tiny_config_path, photo_files, tmp_path):
+    missing = tmp_path / "missing.jpg"
+    result = run_cli("--config", str(tiny_config_path), "describe", str(missing), *[str(photo_files[1])] * 30)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 30 and len(set(lines)) == 1
+    assert result.stderr.splitlines() == [
+        f"{missing}: error: cannot read file: No such file or directory",
+        "describe: 25/31 images done, 1 failed",
+        "describe: 31/31 images done, 1 failed",
+    ]
+
+
+def test_describe_stops_promptly_on_ctrl_c(tiny_config_path, photo_files):
+    import signal
+    import threading
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "--config", str(tiny_config_path), "-v", "describe",
+         *[str(photo_files[0])] * 400], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    loaded = threading.Event()
+
+    def read_stderr() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            err.append(line)
+            if "loading models" in line:
+                loaded.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert loaded.wait(240), "".join(err)
+        time.sleep(0.5)  # images are in the queue now
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        out, _ = process.communicate(timeout=60)
+        stopped_in = time.monotonic() - started
+    finally:
+        process.kill()
+    reader.join(5)
+    assert process.returncode == 130, "".join(err)
+    assert stopped_in < 15, stopped_in
+    assert len(out.splitlines()) < 400  # it stopped, rather than finishing first
+    assert "Traceback" not in "".join(err)
+
+
 # ----- --help: what each subcommand reads ------------------------------------------------------------
 
 
