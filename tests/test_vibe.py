@@ -2,7 +2,7 @@
 
 The scorer gets its model calls injected. Here they are thin adapters over the tiny ``analyzer``
 (the same calls the inference queue makes), so these tests pin the core's behaviour independently
-of the queue; tests/test_vibe_discord.py runs the real wiring through services.queue.
+of the queue; tests/end_to_end/test_vibe_discord.py runs the real wiring through services.queue.
 """
 
 from __future__ import annotations
