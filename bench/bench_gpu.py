@@ -1,4 +1,4 @@
-"""The inference queue on a GPU: the issue's H100 figures, measured through the bot's own code.
+"""The inference queue on a GPU: issue 14's figures (target: ≥ 2,000 img/s on one H200), through the bot's code.
 
     python -m bench.bench_gpu                         # on a CUDA machine (~5 min); writes bench/results/queue_gpu.md
     python -m bench.bench_gpu --images 8192 --batch 512
