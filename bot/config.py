@@ -86,6 +86,13 @@ class OcrSettings(_Section):
     min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.6
     # Characters of text kept per picture (the context line shows fewer).
     max_chars: Annotated[int, Field(ge=16, le=10_000)] = 1000
+    # Where pictures are read (bot/pipeline.py read_placement): "model_turn" = inside the batch, one
+    # picture at a time with the queue's pause points between them (the CPU's cores go to one thing at
+    # a time, by priority); "prepare" = in the queue's decode threads, while the previous batch computes
+    # (up to one reader per decode thread, ~150 MB each beyond the first: on a GPU host the batch then
+    # does not hold the model turn while the CPU reads); "auto" = "prepare" when the models run on CUDA,
+    # "model_turn" otherwise.
+    read_in: Literal["auto", "model_turn", "prepare"] = "auto"
 
     @property
     def copy_size(self) -> int:

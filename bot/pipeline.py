@@ -19,6 +19,13 @@ what :meth:`Analyzer.analyze` gives (``fast.with_caption(part) == full``).
 The model roles are not locked here; the inference queue lets one batch compute at a time (its
 model turn). :meth:`Analyzer.set_yield_point` installs the queue's checkpoint between model layers,
 so a long background batch can pause for interactive work and resume where it stopped.
+
+The text reader (OCR: onnxruntime on the CPU, whatever the models' device) runs in one of two places
+(``models.ocr.read_in``, :func:`read_placement`): in the model turn, one picture at a time with the
+yield point between pictures (a CPU host: the cores go to one thing at a time, by priority), or in
+:meth:`Analyzer.prepare`, i.e. in the decode threads while the previous batch computes (a GPU host:
+~39 ms of CPU per photo and ~0.3 s per picture with text would otherwise keep a 512-picture GPU batch
+waiting ~20 s in the turn with the accelerator idle).
 """
 
 from __future__ import annotations
@@ -27,14 +34,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bot.analysis import CaptionPart, ImageAnalysis, Scored, Sentiment
-from bot.config import Settings
+from bot.config import OcrSettings, Settings
 from bot.imaging import DecodedImage
 from bot.labels import load_label_sets
 from bot.models.captioner import BlipCaptioner, Captioner, SplitCaptioner
@@ -54,6 +62,12 @@ CAPTION_ROLES = ("captioner", "embedder", "sentiment")
 #: A fast-tier record's mood when the label sets have no ``sentiment`` set to read it from the image.
 NEUTRAL = Sentiment.from_scores({"neutral": 1.0})
 Tier = Literal["full", "fast", "caption"]
+#: ``models.ocr.read_in``: where the text reader runs ("auto" is decided by the models' device).
+ReadIn = Literal["auto", "model_turn", "prepare"]
+#: Where the text reader runs, once "auto" is decided (:func:`read_placement`).
+ReadPlacement = Literal["model_turn", "prepare"]
+#: The tiers whose records carry the picture's words (the caption tier's part has none).
+READING_TIERS: frozenset[Tier] = frozenset({"full", "fast"})
 
 
 @dataclass
@@ -68,7 +82,10 @@ class StageTimings:
     clip: float = 0.0
     text: float = 0.0
     prepare: float = 0.0
-    read: float = 0.0  # the text reader (OCR), gate included
+    read: float = 0.0  # the text reader (OCR), gate included, in the model turn
+    # The same reader's seconds spent on this batch's pictures earlier, in :meth:`Analyzer.prepare`
+    # (``models.ocr.read_in = "prepare"``): CPU time in the decode threads, not in the turn.
+    read_ahead: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,12 +94,17 @@ class PreparedImage:
 
     ``caption_pixels`` is None for a captioner without a separate ``preprocess`` step (it then gets
     the PIL image at batch time) or when only the fast tier was prepared; ``clip_pixels`` is None
-    when only the caption tier was. Whatever is missing is made at batch time.
+    when only the caption tier was. ``text`` is the picture's words when the reader ran at prepare
+    time (``models.ocr.read_in``; then ``decoded`` no longer carries the reader's gray copy, which is
+    several MB a picture while a large batch waits), None when it has not read them yet; ``read_s``
+    is how long that took. Whatever is missing is made at batch time.
     """
 
     decoded: DecodedImage
     caption_pixels: torch.Tensor | None
     clip_pixels: torch.Tensor | None
+    text: str | None = None
+    read_s: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -111,6 +133,101 @@ def caption_part_of(record: ImageAnalysis) -> CaptionPart:
 
 def _no_yield() -> None:
     return None
+
+
+def read_placement(setting: str, device: torch.device) -> ReadPlacement:
+    """Where the text reader runs for ``models.ocr.read_in = setting`` with the models on ``device``.
+
+    "auto" is "prepare" on CUDA: the reader is CPU work either way, and in the decode threads it
+    overlaps the accelerator's batch instead of holding the model turn while the GPU idles. On a CPU
+    it is "model_turn": there the reader competes with the models for the same cores, and in the turn
+    it takes them in priority order with the queue's pause points between pictures (the behaviour
+    before the setting existed). Only ``device.type`` is looked at, so no CUDA context is made.
+    """
+    if setting == "auto":
+        return "prepare" if device.type == "cuda" else "model_turn"
+    if setting == "model_turn" or setting == "prepare":
+        return setting
+    raise ValueError(f"models.ocr.read_in must be 'auto', 'model_turn' or 'prepare', not {setting!r}")
+
+
+def reader_factory_for(settings: OcrSettings) -> Callable[[], TextReader]:
+    """Builds more readers like the configured one (for :class:`ReaderPool`); the reader must be on."""
+
+    def build() -> TextReader:
+        reader = TextReader.from_settings(settings)
+        if reader is None:
+            raise ValueError("models.ocr.enabled is false: no reader to build")
+        return reader
+
+    return build
+
+
+class ReaderPool:
+    """Text readers for :meth:`Analyzer.prepare`, which several decode threads call at once.
+
+    Thread safety, as found in rapidocr 3.x / onnxruntime: an onnxruntime ``InferenceSession.run`` is
+    safe to call from several threads, but RapidOCR's Python wrapper keeps per-call state on its
+    engine object (``__call__`` writes the call's ``use_det``/``use_cls``/``use_rec`` options onto the
+    engine, and the detector swaps its ``preprocess_op`` on every call), so :class:`TextReader` holds
+    one lock around every engine call. One shared reader is therefore safe but serial: one core of
+    reading (~25 photos/s at ~39 ms each, ~3 pictures with text/s), which is less than a GPU batch
+    consumes, so it would become the bottleneck again in the decode threads.
+
+    So each concurrent read gets a reader of its own: the pool starts with the analyzer's reader and
+    builds more on demand (``factory``) up to ``size``, which :meth:`Analyzer.from_settings` sets to
+    ``queue.decode_workers`` (one per decode thread; a thread waits only if more threads than that
+    read at once). The price is memory: measured ~150-170 MB RSS per extra reader (three engines'
+    onnxruntime sessions and their buffers; the weights alone are ~50 MB), plus ~60 MB of malloc arena
+    for any thread that reads, shared reader or not. Readers are built lazily, so a pool nobody reads
+    from at prepare time (``read_in = "model_turn"``) costs nothing; a new one loads its models on its
+    first read (a fraction of a second, once). Without a factory the pool is the analyzer's reader
+    alone: correct, serial. The analyzer's reader may meanwhile also read in the model turn (items
+    that were not read ahead); its lock serialises the two.
+    """
+
+    def __init__(self, first: TextReader, *, factory: Callable[[], TextReader] | None = None, size: int = 1) -> None:
+        self._free = [first]
+        self._made = 1
+        self._size = max(1, size) if factory is not None else 1
+        self._factory = factory
+        self._cond = threading.Condition()
+
+    @property
+    def size(self) -> int:
+        """The most readers this pool will hold."""
+        return self._size
+
+    @property
+    def built(self) -> int:
+        """Readers made so far, the analyzer's own included."""
+        return self._made
+
+    def read(self, image: Image.Image) -> str:
+        """The words in one picture, on a reader no other thread is using meanwhile."""
+        reader = self._take()
+        try:
+            return reader.read([image])[0]
+        finally:
+            with self._cond:
+                self._free.append(reader)
+                self._cond.notify()
+
+    def _take(self) -> TextReader:
+        with self._cond:
+            while not self._free and self._made >= self._size:
+                self._cond.wait()
+            if self._free:
+                return self._free.pop()  # the most recently used: warm caches
+            self._made += 1
+        assert self._factory is not None  # size > 1 only with a factory
+        try:
+            return self._factory()  # outside the lock: building one must not hold up the others
+        except BaseException:
+            with self._cond:
+                self._made -= 1
+                self._cond.notify()
+            raise
 
 
 def _splits_preprocessing(captioner: Captioner) -> TypeGuard[SplitCaptioner]:
@@ -143,12 +260,21 @@ class Analyzer:
         embedder: TextEmbedder,
         sentiment: SentimentModel,
         reader: TextReader | None = None,
+        read_in: ReadIn = "model_turn",
+        reader_factory: Callable[[], TextReader] | None = None,
+        readers: int = 1,
     ) -> None:
+        """``read_in``: where ``reader`` runs (:func:`read_placement`; "auto" is decided by the
+        captioner's device). With "prepare", ``reader_factory`` and ``readers`` size the
+        :class:`ReaderPool` the decode threads read with. The default keeps the reader in the model
+        turn, as before the setting existed (benchmarks build analyzers this way)."""
         self.captioner = captioner
         self.tagger = tagger
         self.embedder = embedder
         self.sentiment = sentiment
         self.reader = reader  # None: text in pictures is not read (models.ocr.enabled = false)
+        self.read_placement = read_placement(read_in, self.device)
+        self._reader_pool = None if reader is None else ReaderPool(reader, factory=reader_factory, size=readers)
         self.caption_topics = CaptionTopics(embedder, tagger.label_sets["topics"])
         self._local = threading.local()  # last_timings, per thread (the queue has two workers)
         self._yield_point: Callable[[], None] = _no_yield
@@ -198,7 +324,15 @@ class Analyzer:
         # DEBUG: Services.start reports the loading phase with its time to people (console, run's log).
         log.debug("models loaded on %s (%s) in %.1fs", device, str(dtype).removeprefix("torch."),
                  time.perf_counter() - started)
-        return cls(captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment, reader=reader)
+        analyzer = cls(
+            captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment, reader=reader,
+            read_in=models.ocr.read_in, reader_factory=reader_factory_for(models.ocr) if reader is not None else None,
+            readers=settings.queue.decode_workers,
+        )
+        if reader is not None and analyzer.read_placement == "prepare":
+            log.info("text reader: reading in the decode threads, up to %d readers (models.ocr.read_in)",
+                     settings.queue.decode_workers)
+        return analyzer
 
     @property
     def model_ids(self) -> dict[str, str]:
@@ -243,7 +377,9 @@ class Analyzer:
         background batch takes the model turn at the first call and pauses at later ones while
         interactive work runs on the same models, then goes on where it stopped. The contract the
         queue relies on: no model and no tokenizer is touched before the first call of a method
-        (:meth:`prepare` excepted: CPU image processing only, safe beside a running model).
+        (:meth:`prepare` excepted: CPU image processing only, and with ``read_in = "prepare"`` the
+        text reader, whose onnxruntime sessions share nothing with the torch models: safe beside a
+        running model).
 
         A layer is the finest step that is still cheap to check (a few hundredths of a second of
         compute on a CPU; the check is two attribute reads). Layers are the members of the models'
@@ -271,20 +407,34 @@ class Analyzer:
     # ---------------------------------------------------------------- preprocessing
 
     def prepare(self, decoded: DecodedImage, tier: Tier = "full") -> PreparedImage:
-        """CPU preprocessing for one image: thread-safe, no model weights touched.
+        """CPU preprocessing for one image: thread-safe, no torch model weights touched.
 
         The inference queue calls this in its decode threads, so resize/normalise for the next batch
         happens while the worker thread is busy with the current one. ``tier`` limits it to what the
-        fast tier (CLIP pixels) or the caption tier (BLIP pixels) needs.
+        fast tier (CLIP pixels) or the caption tier (BLIP pixels) needs. With the reader placed here
+        (:attr:`read_placement` "prepare") the full and fast tiers also read the picture's words, on
+        a reader no other thread uses meanwhile (:class:`ReaderPool`), and drop the reader's gray copy.
         """
+        return self._prepare(decoded, tier, read=self.read_placement == "prepare")
+
+    def _prepare(self, decoded: DecodedImage, tier: Tier, *, read: bool) -> PreparedImage:
         caption_pixels = None
         if tier != "fast" and _splits_preprocessing(self.captioner):
             caption_pixels = self.captioner.preprocess([decoded.image])[0]
         clip_pixels = self.tagger.preprocess_batch([decoded.image])[0] if tier != "caption" else None
-        return PreparedImage(decoded=decoded, caption_pixels=caption_pixels, clip_pixels=clip_pixels)
+        text, read_s = None, 0.0
+        if read and self._reader_pool is not None and tier in READING_TIERS:
+            started = time.perf_counter()
+            text = self._reader_pool.read(decoded.text_image or decoded.image)
+            read_s = time.perf_counter() - started
+            decoded = decoded.without_text_image()
+        return PreparedImage(decoded=decoded, caption_pixels=caption_pixels, clip_pixels=clip_pixels,
+                             text=text, read_s=read_s)
 
     def _prepared(self, images: Sequence[DecodedImage | PreparedImage], tier: Tier) -> list[PreparedImage]:
-        return [item if isinstance(item, PreparedImage) else self.prepare(item, tier) for item in images]
+        """Batch time: items that arrived as plain decoded images are prepared here, in the model turn,
+        without reading them (:meth:`_read` then reads them between yield points, as in the turn)."""
+        return [item if isinstance(item, PreparedImage) else self._prepare(item, tier, read=False) for item in images]
 
     def _clip_pixels(self, item: PreparedImage) -> torch.Tensor:
         if item.clip_pixels is not None:
@@ -319,6 +469,7 @@ class Analyzer:
         started = time.perf_counter()
         words = self._read(prepared)
         timings.read = time.perf_counter() - started
+        timings.read_ahead = sum(item.read_s for item in prepared)
 
         started = time.perf_counter()
         text = self._text(captions)
@@ -364,6 +515,7 @@ class Analyzer:
         started = time.perf_counter()
         words = self._read(prepared)
         timings.read = time.perf_counter() - started
+        timings.read_ahead = sum(item.read_s for item in prepared)
         self.last_timings = timings
         model_ids = {role: ids for role, ids in self.model_ids.items() if role not in CAPTION_ROLES}
         return [
@@ -438,15 +590,21 @@ class Analyzer:
         return _ClipPart(labels, topics, image_sentiments, image_vectors)
 
     def _read(self, prepared: list[PreparedImage]) -> list[str]:
-        """The text reader on each picture's grayscale copy (its model image when the decoder made none).
+        """The words of each picture: read at prepare time (``item.text``), else read here, in the turn.
 
-        One picture at a time (RapidOCR reads one image per call; its recogniser batches the lines
-        within it), with the queue's yield point between pictures: a long read of a screenshot-heavy
-        background batch still gives way to interactive work."""
+        Here means the text reader on each picture's grayscale copy (its model image when the decoder
+        made none), one picture at a time (RapidOCR reads one image per call; its recogniser batches
+        the lines within it), with the queue's yield point between pictures: a long read of a
+        screenshot-heavy background batch still gives way to interactive work. Items not read ahead
+        (plain :class:`DecodedImage` prepared at batch time, ``read_in = "model_turn"``, an item
+        prepared for the caption tier) are read here, whatever the placement: none is left unread."""
         if self.reader is None:
             return [""] * len(prepared)
         texts = []
         for item in prepared:
+            if item.text is not None:
+                texts.append(item.text)
+                continue
             self._yield_point()
             decoded = item.decoded
             texts.extend(self.reader.read([decoded.text_image or decoded.image]))

@@ -93,7 +93,7 @@ __all__ = ["InferenceQueue", "Priority"]
 
 log = logging.getLogger(__name__)
 
-_ROLES = ("caption", "clip", "read", "text", "prepare")
+_ROLES = ("caption", "clip", "read", "read_ahead", "text", "prepare")
 _MAX_RESTART_BACKOFF_S = 2.0
 
 
