@@ -108,7 +108,9 @@ def load_analyzer(args: argparse.Namespace, folder: Path) -> Any:
         return Analyzer.from_settings(settings.model_copy(update={"models": models}))
     ensure_real_size_models(args.models_dir)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    return load_real_size_analyzer(args.models_dir, device=torch.device(args.device), dtype=dtype)
+    # One reader per decode thread (the reader runs there on CUDA: models.ocr.read_in = "auto").
+    readers = args.decode_workers or min(64, os.cpu_count() or 2)
+    return load_real_size_analyzer(args.models_dir, device=torch.device(args.device), dtype=dtype, readers=readers)
 
 
 def roles(analyzer: Any, photos: list[bytes], device: str, batches: tuple[int, ...], reps: int) -> list[dict[str, Any]]:

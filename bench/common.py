@@ -308,12 +308,14 @@ def _write_real_size_models(directory: Path) -> None:
 
 
 def load_real_size_analyzer(
-    directory: Path, *, dtype: Any = None, sdpa: bool = True, device: Any = None, reader: bool = True
+    directory: Path, *, dtype: Any = None, sdpa: bool = True, device: Any = None, reader: bool = True,
+    readers: int = 0,
 ) -> Any:
     """The bot's Analyzer on the real-size stand-ins (CPU unless ``device``), captions forced to 20 tokens.
 
     ``reader``: the text reader as the default config has it (RapidOCR's real weights, from its wheel), so
-    the figures are the default set-up's; False measures the pipeline without it."""
+    the figures are the default set-up's; False measures the pipeline without it. ``readers``: how many
+    decode threads may read at once when the reader runs there (0: ``queue.decode_workers``)."""
     import torch
 
     from bot.config import Settings
@@ -324,7 +326,7 @@ def load_real_size_analyzer(
     from bot.models.reader import TextReader
     from bot.models.sentiment import TransformersSentiment
     from bot.models.tagger import ClipTagger
-    from bot.pipeline import Analyzer
+    from bot.pipeline import Analyzer, reader_factory_for
 
     device = device or torch.device("cpu")
     dtype = dtype or torch.float32
@@ -344,7 +346,13 @@ def load_real_size_analyzer(
     embedder = TextEmbedder(embedder_path, model_id=settings.models.embedder.model, device=device)
     sentiment = TransformersSentiment(directory / REAL_SENTIMENT, model_id="real-size-random-roberta", device=device)
     text_reader = TextReader.from_settings(settings.models.ocr) if reader else None
-    return Analyzer(captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment, reader=text_reader)
+    # Where it reads as the default config has it ("auto": in the decode threads on CUDA, one reader per
+    # thread; in the model turn on a CPU), as Analyzer.from_settings sets it up.
+    return Analyzer(
+        captioner=captioner, tagger=tagger, embedder=embedder, sentiment=sentiment, reader=text_reader,
+        read_in=settings.models.ocr.read_in, reader_factory=reader_factory_for(settings.models.ocr),
+        readers=readers or settings.queue.decode_workers,
+    )
 
 
 def force_caption_length(captioner: Any, tokens: int = CAPTION_TOKENS) -> None:
