@@ -16,7 +16,10 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -429,6 +432,94 @@ async def test_start_fails_clearly_for_an_app_that_is_not_deployed(ray_app: int,
     })
     with pytest.raises(Exception, match=r"no-such-app.*python -m bot serve-ray --config"):
         await RayInferenceClient(settings).start()
+
+
+async def test_a_start_that_cannot_join_ray_gives_up_in_time_and_undoes_a_late_join(
+    ray_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ray.init`` blocks (as it does for an unreachable cluster): start() still fails within
+    ``queue.job_timeout_s`` naming the address, close() returns at once, the stuck call is in a daemon
+    thread (so it cannot hold the process at exit), and a join that succeeds late is shut down again.
+
+    Through a stand-in for the ``ray`` module the client calls, not the real Ray: a real join still
+    running in this process would collide with the module's Ray instance (the end-to-end case is
+    the subprocess test below)."""
+    import bot.inference.ray.client as client_module
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    class StuckRay:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(**kwargs: object) -> None:
+            calls.append(f"init {kwargs['address']}")
+            release.wait(60)
+
+        @staticmethod
+        def shutdown() -> None:
+            calls.append("shutdown")
+
+    monkeypatch.setattr(client_module, "ray", StuckRay)
+    settings = ray_settings.model_copy(update={
+        "inference": ray_settings.inference.model_copy(update={"ray_address": "127.0.0.1:1"}),
+        "queue": ray_settings.queue.model_copy(update={"job_timeout_s": 0.5}),
+    })
+    ray_client = RayInferenceClient(settings)
+    started = time.monotonic()
+    with pytest.raises(InferenceError, match=r"cannot join the Ray cluster at '127\.0\.0\.1:1' "
+                                             r"\(no answer within 0\.5s\); check inference\.ray_address") as failure:
+        await ray_client.start()
+    assert time.monotonic() - started < 5
+    assert failure.value.user_message == "the inference backend could not start"
+    joining = [thread for thread in threading.enumerate() if thread.name == "imagebot-ray-join"]
+    assert joining and all(thread.daemon for thread in joining)
+    try:
+        await asyncio.wait_for(ray_client.close(), 2)
+        assert not ray_client.running
+        with pytest.raises(QueueClosed):
+            await ray_client.analyze(b"late")
+    finally:
+        release.set()  # the cluster "answers" after all
+        for thread in joining:
+            thread.join(5)
+    assert calls == ["init 127.0.0.1:1", "shutdown"], "a late join must be left again, not kept open"
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"], ids=["gcs-address", "ray-client"])
+def test_describe_with_an_unreachable_cluster_says_so_in_one_line_and_exits(
+    scheme: str, tmp_path: Path, photos: dict[str, bytes]
+) -> None:
+    """``python -m bot describe`` with nothing listening at ``ray_address``: one ``error:`` line and exit
+    status 1 soon after ``queue.job_timeout_s``. Before, the process never exited for a GCS address
+    (``ray.init`` retries it forever, and ``asyncio.run`` joined the thread it ran in) and took Ray
+    Client's own ~30 s of retries for ``ray://``; the bound below is well under both."""
+    config = tmp_path / "config.toml"
+    address = f"{scheme}127.0.0.1:{_free_port()}"
+    config.write_text(f'[inference]\nbackend = "ray"\nray_address = "{address}"\n\n[queue]\njob_timeout_s = 1\n')
+    image = tmp_path / "rocket.jpg"
+    image.write_bytes(photos["rocket"])
+    # Ray otherwise replaces 127.0.0.1 by the machine's outward address (docs/scale-out-ray.md).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "--config", str(config), "describe", str(image)],
+        cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=180,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert elapsed < 25, (elapsed, result.stderr)  # start-up (imports) + 1 s + exit; not Ray's retries
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == [lines[-1]], result.stderr
+    assert errors[0].startswith(f"error: the inference backend could not start (cannot join the Ray cluster at "
+                                f"{address!r} (no answer within 1s); check inference.ray_address")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_services_choose_the_backend_from_config(ray_settings: Settings, tiny_settings: Settings) -> None:

@@ -20,9 +20,12 @@ resending is always safe, and a job is only given up (:class:`WorkerCrashed`) af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 from ray import serve
@@ -54,6 +57,63 @@ _TEXT_METHODS = {
 }
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 2.0
+#: How long close() waits for ``ray.shutdown`` (normally well under a second) before leaving it behind.
+_SHUTDOWN_GRACE_S = 10.0
+#: What start-up failures tell the operator to check (the same for every way joining fails).
+_CHECK_THE_CLUSTER = (
+    "check inference.ray_address (\"auto\" for the Ray node started on this machine with `ray start`, "
+    "or the head's HOST:6379), that the cluster is up (`ray status`) and its port reachable from here, "
+    "and, for a cluster on 127.0.0.1, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (docs/scale-out-ray.md)"
+)
+
+_T = TypeVar("_T")
+
+
+def _in_daemon_thread(function: Callable[[], _T], name: str) -> asyncio.Future[_T]:
+    """``function()`` in a daemon thread of its own, as a future of the running loop.
+
+    Not ``asyncio.to_thread``: the loop's default executor is joined when ``asyncio.run`` ends, so a
+    call that never returns (``ray.init`` retries an unreachable cluster for as long as the process
+    lives) would keep the process from exiting after its caller gave up. A daemon thread is simply
+    left behind at exit; cancelling the future abandons the call, and its result is then dropped.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():  # the caller gave up (cancelled) meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def call() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = function()
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:  # SystemExit and the like: meaningless to the awaiting task, so plainly a failure
+            error = RuntimeError(f"{name}: {type(exc).__name__}: {exc}")
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for this any more
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=call, name=name, daemon=True).start()
+    return future
+
+
+class _NoSigtermWarning(logging.Filter):
+    """Drops Ray's "SIGTERM handler is not set" warning: ``ray.init`` runs off the main thread on
+    purpose (see :meth:`RayInferenceClient.start`) and the bot handles its own signals, so the
+    line would only make a failed start-up look like two problems."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+logging.getLogger("ray._private.worker").addFilter(_NoSigtermWarning())
 
 
 def _replica_failure(exc: BaseException) -> RayActorError | Exception | None:
@@ -94,6 +154,9 @@ class RayInferenceClient(BackendBase):
         self.settings = settings
         self._handle = handle
         self._owns_ray = False
+        # Set when start() gives up: a ray.init still running in its thread then undoes itself.
+        self._abandoned = False
+        self._ray_lock = threading.Lock()  # _owns_ray / _abandoned, between that thread and the loop
         self._state = "new"  # new -> running -> closing -> closed
         self._in_flight = 0
         self._idle: asyncio.Event | None = None  # made by close(), set when the last job ends
@@ -106,37 +169,59 @@ class RayInferenceClient(BackendBase):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Join the Ray cluster, find the app, and wait for a replica to answer (models loaded)."""
+        """Join the Ray cluster, find the app, and wait for a replica to answer (models loaded).
+
+        All of it within ``queue.job_timeout_s``, else :class:`InferenceError` naming the address or
+        the app and what to check. ``ray.init`` retries an unreachable cluster on its own (a GCS
+        address: for as long as the process lives), so it runs in a daemon thread that is abandoned
+        on failure: the process can still exit at once, and a later successful join is undone.
+        """
         if self._state != "new":
             return
         inference = self.settings.inference
+        limit = self.settings.queue.job_timeout_s
+        phase = "connect"
         try:
-            # Bounded: ray.init keeps retrying an unreachable cluster for minutes on its own.
-            async with asyncio.timeout(self.settings.queue.job_timeout_s):
+            async with asyncio.timeout(limit):
                 if self._handle is None:
-                    self._handle = await asyncio.to_thread(self._connect)
+                    if not ray.is_initialized():  # else this process has joined already (tests, a caller)
+                        await _in_daemon_thread(self._join, "imagebot-ray-join")
+                    phase = "app"
+                    self._handle = await _in_daemon_thread(
+                        lambda: serve.get_app_handle(inference.ray_app), "imagebot-ray-app")
+                phase = "app"
                 self.replicas = [await self._handle.options(method_name="ready").remote()]
         except Exception as exc:
             self._state = "closed"
+            with self._ray_lock:
+                self._abandoned = True
             await self._disconnect()
-            raise InferenceError(
-                f"Ray Serve app {inference.ray_app!r} at {inference.ray_address!r} is not answering "
-                f"({type(exc).__name__}: {exc}); deploy it with `{DEPLOY_COMMAND} --config PATH`"
-            ) from exc
+            # One line: Ray's own messages often span several.
+            reason = (f"no answer within {limit:g}s" if isinstance(exc, TimeoutError)
+                      else " ".join(f"{type(exc).__name__}: {exc}".split()))
+            if phase == "connect":
+                detail = (f"cannot join the Ray cluster at {inference.ray_address!r} ({reason}); "
+                          f"{_CHECK_THE_CLUSTER}")
+            else:
+                detail = (f"Ray Serve app {inference.ray_app!r} at {inference.ray_address!r} is not answering "
+                          f"({reason}); deploy it with `{DEPLOY_COMMAND} --config PATH`")
+            # Never shown on Discord (start-up ends before the login); the CLI prints it before the detail.
+            raise InferenceError(detail, user_message="the inference backend could not start") from exc
         self._state = "running"
         log.info("inference on Ray Serve app %r: %s", inference.ray_app, self.replicas[0].get("model_ids"))
 
-    def _connect(self) -> DeploymentHandle:
-        """Join the cluster (unless this process already has) and look the app up; blocking.
+    def _join(self) -> None:
+        """``ray.init`` at ``inference.ray_address``; blocking, in a daemon thread (see :meth:`start`).
 
-        Runs in a worker thread so the event loop stays responsive; Ray then warns that it set no
-        SIGTERM handler, which is right here: the bot handles its own signals.
+        If start() gave up (or close() ran) while ``ray.init`` was still trying, a join that succeeds
+        late is shut down again here rather than left open with nobody to close it.
         """
-        inference = self.settings.inference
-        if not ray.is_initialized():
-            ray.init(address=inference.ray_address, log_to_driver=False, logging_level=logging.WARNING)
-            self._owns_ray = True
-        return serve.get_app_handle(inference.ray_app)
+        ray.init(address=self.settings.inference.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+        with self._ray_lock:
+            abandoned = self._abandoned
+            self._owns_ray = not abandoned
+        if abandoned:
+            ray.shutdown()
 
     async def close(self, *, drain: bool = True, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Stop taking jobs; with ``drain``, wait (up to ``timeout``) for this process's jobs in flight.
@@ -154,12 +239,20 @@ class RayInferenceClient(BackendBase):
             except TimeoutError:
                 log.warning("Ray inference client: %d job(s) still in flight after %.1fs", self._in_flight, limit)
         self._state = "closed"
+        with self._ray_lock:  # closed while start() was still joining (Ctrl-C): a late join undoes itself
+            self._abandoned = True
         await self._disconnect()
 
     async def _disconnect(self) -> None:
-        if self._owns_ray:
-            self._owns_ray = False
-            await asyncio.to_thread(ray.shutdown)
+        """Leave Ray if this client joined it; bounded, in a daemon thread, so leaving cannot hang exit."""
+        with self._ray_lock:
+            owns, self._owns_ray = self._owns_ray, False
+        if not owns:
+            return
+        try:
+            await asyncio.wait_for(_in_daemon_thread(ray.shutdown, "imagebot-ray-shutdown"), _SHUTDOWN_GRACE_S)
+        except TimeoutError:
+            log.warning("ray.shutdown did not finish within %.0fs; leaving it behind", _SHUTDOWN_GRACE_S)
 
     @property
     def running(self) -> bool:
