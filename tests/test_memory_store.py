@@ -256,19 +256,25 @@ def test_explicit_filters(store):
     assert store.count(Audience.everything(GUILD_A), Filters(since=T0 + timedelta(days=2))) == 2
 
 
-def test_where_mode_agrees_with_postfilter(tmp_path):
+def test_where_clause_search_agrees_with_postfilter(tmp_path):
+    """The benchmark's where-clause alternative (bench/bench_find.py) finds what the shipped post-filter
+    finds, so the benchmark compares like with like."""
     from chromadb.config import Settings as ChromaSettings
+
+    from bench.bench_find import WhereSearch
 
     client = __import__("chromadb").PersistentClient(path=str(tmp_path / "c"),
                                                      settings=ChromaSettings(anonymized_telemetry=False))
-    post, where = ImageStore(client, prefix="x"), ImageStore(client, prefix="x", visibility_mode="where")
+    post = ImageStore(client, prefix="x")
     post.upsert_many([(ref(i, channel=(PUBLIC, PRIVATE, OTHER)[i % 3], nsfw=i % 7 == 0), analysis())
                       for i in range(1, 90)])
+    where = WhereSearch(post, GUILD_A)
+    audience = Audience(ALICE, GUILD_A, frozenset({PUBLIC, OTHER}), False)
     rng = np.random.default_rng(3)
     for _ in range(5):
         text, clip = rng.standard_normal(TEXT_DIM), rng.standard_normal(CLIP_DIM)
         a = search(post, text=text, clip=clip, visible={PUBLIC, OTHER}, limit=10)
-        b = search(where, text=text, clip=clip, visible={PUBLIC, OTHER}, limit=10)
+        b = where.search(audience, text_vector=text, clip_vector=clip, limit=10)
         assert len(a) == len(b) == 10
         # Post-filter may stop with fewer tail candidates than the where-clause returns, which can
         # reorder close fused scores; the per-space ranks among visible records must agree exactly.
@@ -301,6 +307,50 @@ async def test_async_wrapper(tmp_path):
     assert ids(hits)[0] == 1
     assert await memory.delete_message(GUILD_A, 10) == 1
     assert await memory.count(Audience.everything(GUILD_A)) == 5
+
+
+# ImageStore's public names that AsyncImageStore deliberately leaves out, and why.
+SYNC_ONLY = {
+    "open": "AsyncImageStore.open is its own classmethod (it opens an ImageStore in a worker thread)",
+    "connect": "connection management: every call connects on demand",
+    "collection_name": "a pure function of its arguments, no Chroma call",
+}
+
+
+def test_async_store_offers_every_store_call_with_its_signature():
+    """A new ImageStore method must be added to AsyncImageStore (or to SYNC_ONLY, with a reason):
+    otherwise a cog would reach for ``memory.store.<name>`` and block the event loop."""
+    import inspect
+
+    def public(cls) -> set[str]:
+        return {name for name, value in vars(cls).items() if not name.startswith("_") and callable(value)}
+
+    mirrored = public(AsyncImageStore) - {"open"}
+    assert mirrored == public(ImageStore) - set(SYNC_ONLY)
+    assert set(SYNC_ONLY) <= public(ImageStore) | {"open"}
+    for name in sorted(mirrored):
+        wrapper, original = getattr(AsyncImageStore, name), getattr(ImageStore, name)
+        assert inspect.iscoroutinefunction(wrapper), name
+        assert inspect.signature(wrapper) == inspect.signature(original), name
+        assert wrapper.__doc__ == original.__doc__, name
+
+
+async def test_async_store_reads_iterables_on_the_loop_thread(store):
+    """A generator (or a live set the loop goes on changing) is read before the hand-off to the worker."""
+    import threading
+
+    store.upsert_many([(ref(1), analysis()), (ref(2), analysis())])
+    memory = AsyncImageStore(store)
+    read_on: list[int] = []
+
+    def attachments():
+        read_on.append(threading.get_ident())
+        yield from (1, 2, 3)
+
+    assert await memory.has(GUILD_A, attachments()) == {1, 2}
+    assert read_on == [threading.get_ident()]
+    assert set(await memory.get(GUILD_A, (i for i in (2, 3)))) == {2}
+    assert await memory.sync_message(GUILD_A, ref(1).message_id, iter([1])) == 0
 
 
 # ----- two-tier analysis: fast-tier records (CLIP first, the caption later) -----

@@ -70,7 +70,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
@@ -326,7 +326,6 @@ class ImageStore:
         *,
         connect: Callable[[], ClientAPI] | None = None,
         prefix: str = "imagebot",
-        visibility_mode: Literal["postfilter", "where"] = "postfilter",
     ) -> None:
         if not _PREFIX.match(prefix):
             raise ValueError(
@@ -338,7 +337,6 @@ class ImageStore:
         self._client: ClientAPI | None = None
         self._connect = connect
         self.prefix = prefix
-        self.visibility_mode = visibility_mode  # "where" exists to measure the alternative; keep "postfilter"
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()
         self._batch = DEFAULT_BATCH
@@ -891,8 +889,6 @@ class ImageStore:
         where-clause (slow but complete).
         """
         base = filters.clauses()
-        if self.visibility_mode == "where":
-            base = base + visibility.where()
         fetch = dict.fromkeys(queries, max(depth + depth // 2, 10))
         found = {space: self._nearest(collection, vector, fetch[space], _where(base))
                  for space, (collection, vector) in queries.items()}
@@ -984,8 +980,48 @@ def _channel_visible(channel_id: int | None, visibility: Visibility) -> bool:
     return channel_id is None or visibility.visible_channel_ids is None or channel_id in visibility.visible_channel_ids
 
 
+def _held(value: object) -> object:
+    """An argument as the worker thread will get it: any iterable but a string, bytes, an array or a
+    mapping is read into a new list first, on the event loop's thread.
+
+    Why: the caller may hand over a generator or a live view of state that the loop goes on changing
+    (a set of attachment ids, a dict's keys); iterated in the worker while the loop mutates it, it
+    would raise "changed size during iteration" or see half an update. A snapshot taken before the
+    hand-off is what the caller saw when it made the call. Vectors pass through as they are (an
+    array) or as a copy (a list), which the store reads the same way."""
+    if isinstance(value, str | bytes | np.ndarray | Mapping) or not isinstance(value, Iterable):
+        return value
+    return list(value)
+
+
+def _off_loop(
+    method: Callable[Concatenate[ImageStore, _P], _R],
+) -> Callable[Concatenate[AsyncImageStore, _P], Coroutine[Any, Any, _R]]:
+    """:class:`AsyncImageStore`'s version of an :class:`ImageStore` method: the same parameters (taken
+    from the method, so the two cannot drift apart), awaited, run in a worker thread because Chroma
+    blocks.
+
+    Iterable arguments are snapshotted on the loop's thread first (:func:`_held`). The method is looked
+    up on the wrapped store at each call rather than bound here, so a store subclass or a test's
+    stand-in for one method is what runs, as when the mirrors called ``self.store.<name>`` by hand."""
+    name = method.__name__
+
+    async def call(self: AsyncImageStore, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        bound: Callable[..., _R] = getattr(self.store, name)
+        held_args = [_held(value) for value in args]
+        held_kwargs = {key: _held(value) for key, value in kwargs.items()}
+        return await asyncio.to_thread(bound, *held_args, **held_kwargs)
+
+    functools.update_wrapper(call, method)  # name, docs and (via __wrapped__) the signature of the original
+    call.__qualname__ = f"AsyncImageStore.{name}"
+    return call
+
+
 class AsyncImageStore:
-    """The same API for the event loop: each call runs in a worker thread, since Chroma blocks."""
+    """The same API for the event loop: each call runs in a worker thread, since Chroma blocks.
+
+    Every Chroma-touching :class:`ImageStore` method is here, made by :func:`_off_loop` from the method
+    itself (its signature and docs); ``tests/test_memory_store.py`` checks that none is missing."""
 
     def __init__(self, store: ImageStore) -> None:
         self.store = store
@@ -994,62 +1030,22 @@ class AsyncImageStore:
     async def open(cls, settings: Settings) -> AsyncImageStore:
         return cls(await asyncio.to_thread(ImageStore.open, settings))
 
-    async def upsert(self, ref: ImageRef, analysis: ImageAnalysis) -> None:
-        await asyncio.to_thread(self.store.upsert, ref, analysis)
-
-    async def upsert_many(self, items: Iterable[tuple[ImageRef, ImageAnalysis]]) -> int:
-        return await asyncio.to_thread(self.store.upsert_many, list(items))
-
-    async def has(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None,
-                  captioned: bool = False) -> set[int]:
-        return await asyncio.to_thread(self.store.has, guild_id, list(attachment_ids), user_id=user_id,
-                                       captioned=captioned)
-
-    async def delete_message(self, guild_id: int | None, message_id: int, *, user_id: int | None = None) -> int:
-        return await asyncio.to_thread(self.store.delete_message, guild_id, message_id, user_id=user_id)
-
-    async def delete_messages(self, guild_id: int | None, message_ids: Iterable[int], *, user_id: int | None = None
-                              ) -> int:
-        return await asyncio.to_thread(self.store.delete_messages, guild_id, list(message_ids), user_id=user_id)
-
-    async def delete_attachments(
-        self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
-    ) -> int:
-        return await asyncio.to_thread(self.store.delete_attachments, guild_id, list(attachment_ids), user_id=user_id)
-
-    async def sync_message(self, guild_id: int | None, message_id: int, remaining_attachment_ids: Iterable[int],
-                           *, user_id: int | None = None) -> int:
-        return await asyncio.to_thread(
-            self.store.sync_message, guild_id, message_id, list(remaining_attachment_ids), user_id=user_id
-        )
-
-    async def forget_user(self, guild_id: int | None, user_id: int) -> int:
-        return await asyncio.to_thread(self.store.forget_user, guild_id, user_id)
-
-    async def forget_user_everywhere(self, user_id: int) -> int:
-        return await asyncio.to_thread(self.store.forget_user_everywhere, user_id)
-
-    async def search(self, audience: Audience, filters: Filters = NO_FILTERS, **kwargs: Any) -> list[SearchHit]:
-        """Keyword arguments as :meth:`ImageStore.search`."""
-        return await asyncio.to_thread(lambda: self.store.search(audience, filters, **kwargs))
-
-    async def similar(self, audience: Audience, image_vector: Vector, **kwargs: Any) -> list[SearchHit]:
-        return await asyncio.to_thread(lambda: self.store.similar(audience, image_vector, **kwargs))
-
-    async def browse(self, audience: Audience, filters: Filters = NO_FILTERS, **kwargs: Any) -> list[StoredImage]:
-        """Keyword arguments as :meth:`ImageStore.browse`."""
-        return await asyncio.to_thread(lambda: self.store.browse(audience, filters, **kwargs))
-
-    async def count(self, audience: Audience, filters: Filters = NO_FILTERS) -> int:
-        return await asyncio.to_thread(self.store.count, audience, filters)
-
-    async def images(self, audience: Audience, filters: Filters = NO_FILTERS) -> list[StoredImage]:
-        return await asyncio.to_thread(self.store.images, audience, filters)
-
-    async def caption_vectors(self, guild_id: int | None, *, user_id: int | None = None
-                              ) -> tuple[list[StoredImage], np.ndarray]:
-        return await asyncio.to_thread(self.store.caption_vectors, guild_id, user_id=user_id)
-
-    async def get(self, guild_id: int | None, attachment_ids: Iterable[int], *, user_id: int | None = None
-                  ) -> dict[int, StoredImage]:
-        return await asyncio.to_thread(self.store.get, guild_id, list(attachment_ids), user_id=user_id)
+    # writes
+    upsert = _off_loop(ImageStore.upsert)
+    upsert_many = _off_loop(ImageStore.upsert_many)
+    delete_message = _off_loop(ImageStore.delete_message)
+    delete_messages = _off_loop(ImageStore.delete_messages)
+    delete_attachments = _off_loop(ImageStore.delete_attachments)
+    sync_message = _off_loop(ImageStore.sync_message)
+    forget_user = _off_loop(ImageStore.forget_user)
+    forget_user_everywhere = _off_loop(ImageStore.forget_user_everywhere)
+    # reads
+    spaces = _off_loop(ImageStore.spaces)
+    has = _off_loop(ImageStore.has)
+    get = _off_loop(ImageStore.get)
+    search = _off_loop(ImageStore.search)
+    similar = _off_loop(ImageStore.similar)
+    browse = _off_loop(ImageStore.browse)
+    count = _off_loop(ImageStore.count)
+    images = _off_loop(ImageStore.images)
+    caption_vectors = _off_loop(ImageStore.caption_vectors)
