@@ -88,9 +88,17 @@ class ImageAnalysis:
     # The words read in the picture (the text reader, OCR): its lines joined by newlines, "" for none.
     # Attacker-controlled: :func:`quote_image_text` defuses it wherever it is shown.
     text: str = ""
+    # True for a first look that skipped the text reader (a backlog deep enough that reading would
+    # delay every picture's first look: ``ingest.read_in_first_look_below``): ``text`` is "" only
+    # because nobody read it yet, so the backlog completes such a record with a full analysis, which
+    # reads the words, instead of adding just the caption.
+    text_pending: bool = False
 
     def with_caption(self, part: CaptionPart) -> ImageAnalysis:
-        """The complete record: this fast-tier record plus the caption tier's part."""
+        """The complete record: this fast-tier record plus the caption tier's part.
+
+        ``text_pending`` is kept as it is: the caption part has no words, so a record whose words were
+        not read is still missing them (the backlog never captions such a record this way)."""
         return replace(self, caption=part.caption, sentiment=part.sentiment, caption_topics=part.caption_topics,
                        caption_embedding=part.caption_embedding, model_ids={**self.model_ids, **part.model_ids},
                        caption_pending=False)
@@ -155,6 +163,7 @@ class ImageAnalysis:
             animated=bool(data.get("animated", False)),
             caption_pending=bool(data.get("caption_pending", False)),
             text=str(data.get("text", "")),
+            text_pending=bool(data.get("text_pending", False)),
         )
 
 

@@ -12,7 +12,8 @@ prepared tensors, copies them to the device and runs the models.
 Analysis also comes in two tiers, for a small host where the captioner is most of the cost (BLIP is
 ~0.8 s of the ~0.9 s an image costs on a 2-core CPU): :meth:`Analyzer.analyze_fast` runs CLIP
 and the text reader (labels, image topics and mood, the image vector, the words in the picture: a
-picture is findable within a second, a screenshot by what it says) and
+picture is findable within a second, a screenshot by what it says; under a deep ingest backlog the
+reader is skipped per picture and the words come with a full analysis later: ``text_pending``) and
 :meth:`Analyzer.caption` runs BLIP and the caption's text roles later. Together they give exactly
 what :meth:`Analyzer.analyze` gives (``fast.with_caption(part) == full``).
 
@@ -492,18 +493,28 @@ class Analyzer:
                 height=decoded.original_size[1],
                 format=decoded.format,
                 animated=decoded.animated,
-                text=words[i],
+                text=words[i] or "",
             )
             for i, decoded in enumerate(item.decoded for item in prepared)
         ]
 
-    def analyze_fast(self, images: Sequence[DecodedImage | PreparedImage]) -> list[ImageAnalysis]:
+    def analyze_fast(self, images: Sequence[DecodedImage | PreparedImage], *,
+                     read: Sequence[bool] | None = None) -> list[ImageAnalysis]:
         """The fast tier: CLIP and the text reader. Records with ``caption_pending=True``: no caption, caption
         embedding or caption topics yet, and the image's own mood (CLIP's ``sentiment`` set; neutral
         without one) as ``sentiment`` until :meth:`caption`'s part replaces it
-        (:meth:`ImageAnalysis.with_caption`)."""
+        (:meth:`ImageAnalysis.with_caption`).
+
+        ``read`` (one flag per image; None: all True) lets a deep ingest backlog skip the reader for
+        some images: on a 2-core CPU it is ~39 ms per photo and 0.3-1 s per picture with text, one
+        picture at a time in the model turn, which held a 150-picture burst's first looks back by
+        seconds. An image not read gets ``text=""`` and ``text_pending=True`` (its words come with a
+        full analysis later), unless its words were already read at prepare time (then they are
+        used: free) or there is no reader at all (nothing is pending then)."""
         if not images:
             return []
+        if read is not None and len(read) != len(images):
+            raise ValueError(f"analyze_fast: {len(read)} read flags for {len(images)} images")
         timings = StageTimings()
         started = time.perf_counter()
         prepared = self._prepared(images, "fast")
@@ -513,7 +524,7 @@ class Analyzer:
         clip = self._clip(clip_pixels)
         timings.clip = time.perf_counter() - started
         started = time.perf_counter()
-        words = self._read(prepared)
+        words = self._read(prepared, read)
         timings.read = time.perf_counter() - started
         timings.read_ahead = sum(item.read_s for item in prepared)
         self.last_timings = timings
@@ -534,7 +545,8 @@ class Analyzer:
                 format=decoded.format,
                 animated=decoded.animated,
                 caption_pending=True,
-                text=words[i],
+                text=words[i] or "",
+                text_pending=words[i] is None,
             )
             for i, decoded in enumerate(item.decoded for item in prepared)
         ]
@@ -589,21 +601,26 @@ class Analyzer:
         image_vectors = image_features.cpu().numpy().astype(np.float32)
         return _ClipPart(labels, topics, image_sentiments, image_vectors)
 
-    def _read(self, prepared: list[PreparedImage]) -> list[str]:
-        """The words of each picture: read at prepare time (``item.text``), else read here, in the turn.
+    def _read(self, prepared: list[PreparedImage], read: Sequence[bool] | None = None) -> list[str | None]:
+        """The words of each picture: read at prepare time (``item.text``), else read here, in the turn;
+        None for a picture whose ``read`` flag is False and that was not read ahead (not read yet).
 
         Here means the text reader on each picture's grayscale copy (its model image when the decoder
         made none), one picture at a time (RapidOCR reads one image per call; its recogniser batches
         the lines within it), with the queue's yield point between pictures: a long read of a
         screenshot-heavy background batch still gives way to interactive work. Items not read ahead
         (plain :class:`DecodedImage` prepared at batch time, ``read_in = "model_turn"``, an item
-        prepared for the caption tier) are read here, whatever the placement: none is left unread."""
+        prepared for the caption tier) are read here, whatever the placement: none is left unread,
+        except those the caller asked not to read (``read``: :meth:`analyze_fast` under a backlog)."""
         if self.reader is None:
             return [""] * len(prepared)
-        texts = []
-        for item in prepared:
+        texts: list[str | None] = []
+        for index, item in enumerate(prepared):
             if item.text is not None:
                 texts.append(item.text)
+                continue
+            if read is not None and not read[index]:
+                texts.append(None)
                 continue
             self._yield_point()
             decoded = item.decoded

@@ -97,7 +97,7 @@ class AnalyzerFake:
         self.yield_point()
         return [Marker(*image.original_size) for image in images]
 
-    def analyze_fast(self, images: Sequence[DecodedImage]) -> Sequence[object]:
+    def analyze_fast(self, images: Sequence[DecodedImage], *, read: Sequence[bool] | None = None) -> Sequence[object]:
         return self.analyze(images)
 
     def caption(self, images: Sequence[DecodedImage]) -> Sequence[object]:
@@ -210,8 +210,8 @@ async def test_concurrent_callers_form_batches_and_each_gets_its_own_result(anal
             self.batch_sizes.append(len(images))
             return self.inner.analyze(images)
 
-        def analyze_fast(self, images):
-            return self.inner.analyze_fast(images)
+        def analyze_fast(self, images, *, read=None):
+            return self.inner.analyze_fast(images, read=read)
 
         def caption(self, images):
             return self.inner.caption(images)
@@ -659,7 +659,7 @@ class TieredFake(FakeAnalyzer):
         self._run("full", widths)
         return [Marker(*image.original_size) for image in images]
 
-    def analyze_fast(self, images: Sequence[DecodedImage]) -> list[Tiered]:
+    def analyze_fast(self, images: Sequence[DecodedImage], *, read: Sequence[bool] | None = None) -> list[Tiered]:
         widths = [image.original_size[0] for image in images]
         self._run("fast", widths)
         return [Tiered("fast", width) for width in widths]
@@ -910,10 +910,11 @@ async def test_a_crashed_background_worker_fails_its_batch_and_is_replaced():
         return None
 
     class Crashy(TieredFake):
-        def analyze_fast(self, images: Sequence[DecodedImage]) -> list[Tiered]:
+        def analyze_fast(self, images: Sequence[DecodedImage], *, read: Sequence[bool] | None = None
+                         ) -> list[Tiered]:
             if (error := crash_once([image.original_size[0] for image in images])) is not None:
                 raise error
-            return super().analyze_fast(images)
+            return super().analyze_fast(images, read=read)
 
     fake = Crashy()
     async with InferenceQueue(fake, settings(max_wait_ms=0)) as queue:

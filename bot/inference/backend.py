@@ -89,8 +89,13 @@ class InferenceBackend(Protocol):
         filename: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
         priority: Priority = Priority.BACKGROUND,
+        read_text: bool = True,
     ) -> tuple[ImageAnalysis, DecodedImage | None]:
-        """A first look (``caption_pending`` True) and the decoded image, or a complete record and None."""
+        """A first look (``caption_pending`` True) and the decoded image, or a complete record and None.
+
+        ``read_text=False``: the first look may skip the text reader (a deep ingest backlog; its record
+        then says ``text_pending`` and needs :meth:`analyze` to be completed, not :meth:`caption`);
+        a backend that answers with complete records may ignore it."""
         ...
 
     async def caption(
@@ -208,7 +213,8 @@ class AnalyzerLike(Protocol):
     - ``prepare(decoded, tier)``: CPU preprocessing, run in the decode pool ahead of the batch
       (``analyze`` / ``analyze_fast`` / ``caption`` then receive its output); ``tier`` is ``"full"``,
       ``"fast"`` or ``"caption"``; a fake may return ``decoded`` unchanged;
-    - ``analyze`` (both tiers), ``analyze_fast`` (CLIP only, ``caption_pending`` records) and
+    - ``analyze`` (both tiers), ``analyze_fast`` (CLIP and the reader, ``caption_pending`` records;
+      ``read`` gives one flag per image, False: skip the reader, the record says ``text_pending``) and
       ``caption`` (BLIP and the caption's text roles): ``fast.with_caption(part) == full``;
     - ``embed_texts`` / ``clip_texts`` / ``score_sentiment``: one row or sentiment per text;
     - ``last_timings``: per-role seconds of the last call on the calling thread, for metrics;
@@ -235,7 +241,7 @@ class AnalyzerLike(Protocol):
 
     def analyze(self, images: Sequence[Any]) -> list[ImageAnalysis]: ...
 
-    def analyze_fast(self, images: Sequence[Any]) -> list[ImageAnalysis]: ...
+    def analyze_fast(self, images: Sequence[Any], *, read: Sequence[bool] | None = None) -> list[ImageAnalysis]: ...
 
     def caption(self, images: Sequence[Any]) -> list[CaptionPart]: ...
 

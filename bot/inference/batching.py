@@ -139,6 +139,9 @@ class Job:
     started_at: float = 0.0
     priority: Priority = Priority.INTERACTIVE
     worker: Worker = Worker.INTERACTIVE
+    # A first look (``JobKind.FAST``) that reads the picture's words; False under a deep ingest
+    # backlog (``ingest.read_in_first_look_below``). Per job, not per lane: one batch may mix both.
+    read_text: bool = True
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
         """Hand the outcome to the caller's future, from any thread.
@@ -213,9 +216,11 @@ class JobBoard:
             self._accepting = True
             self._closing = False
 
-    def admit(self, kind: JobKind, loop: asyncio.AbstractEventLoop, priority: Priority = Priority.INTERACTIVE) -> Job:
+    def admit(self, kind: JobKind, loop: asyncio.AbstractEventLoop, priority: Priority = Priority.INTERACTIVE, *,
+              read_text: bool = True) -> Job:
         """Take a slot or refuse at once: :class:`QueueBusy` when ``max_queued`` interactive jobs are
-        waiting (background jobs are never refused for load), :class:`QueueClosed` when closed."""
+        waiting (background jobs are never refused for load), :class:`QueueClosed` when closed.
+        ``read_text`` is carried on the job (:attr:`Job.read_text`)."""
         with self._cond:
             if not self._accepting:
                 raise QueueClosed("the inference queue is not running")
@@ -224,7 +229,7 @@ class JobBoard:
                 if waiting >= self.max_queued:
                     raise QueueBusy(f"{waiting} jobs already waiting (queue.max_queued = {self.max_queued})")
             job = Job(kind=kind, future=loop.create_future(), loop=loop, admitted_at=self._clock(), priority=priority,
-                      worker=worker_for(priority, kind))
+                      worker=worker_for(priority, kind), read_text=read_text)
             self._decoding.add(job)
             return job
 

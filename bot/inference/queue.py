@@ -318,16 +318,23 @@ class InferenceQueue(BackendBase):
         filename: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
         priority: Priority = Priority.BACKGROUND,
+        read_text: bool = True,
     ) -> tuple[ImageAnalysis, DecodedImage]:
-        """The fast tier: decode, then CLIP only — a record with ``caption_pending=True`` (labels,
-        topics, image mood and vector; no caption yet) and the decoded image, to hand to
-        :meth:`caption` later without decoding again. Errors as :meth:`analyze`.
+        """The fast tier: decode, then CLIP and the text reader — a record with ``caption_pending=True``
+        (labels, topics, image mood and vector, the words; no caption yet) and the decoded image, to
+        hand to :meth:`caption` later without decoding again. Errors as :meth:`analyze`.
+
+        ``read_text=False`` skips the reader in the model turn (the ingest backlog asks so when it is
+        deep: reading is 0.3-1 s per picture with text on a small CPU): the record then has
+        ``text=""`` and ``text_pending=True`` and is to be completed by :meth:`analyze`, not
+        :meth:`caption`. The flag travels on the job, so one batch mixes pictures read and not.
 
         An analyzer without tiers answers with its full analysis (a complete record).
         """
         kept: list[DecodedImage] = []
         record: ImageAnalysis = await self._run(
-            JobKind.FAST, timeout, priority, decode=partial(self._decode, bytes(data), filename, "fast", kept)
+            JobKind.FAST, timeout, priority, decode=partial(self._decode, bytes(data), filename, "fast", kept),
+            read_text=read_text,
         )
         return record, kept[0]
 
@@ -358,13 +365,14 @@ class InferenceQueue(BackendBase):
         *,
         payload: Any = None,
         decode: Callable[[], Any] | None = None,
+        read_text: bool = True,
     ) -> Any:
         """admit → (decode) → enqueue → await; every call ends in exactly one counted outcome."""
         priority = Priority(priority)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            job = self._board.admit(kind, loop, priority)
+            job = self._board.admit(kind, loop, priority, read_text=read_text)
         except InferenceError as exc:
             self.metrics.job_finished(kind, exc.code)
             raise
@@ -599,7 +607,7 @@ class InferenceQueue(BackendBase):
     def _predict_fast(self, jobs: list[Job]) -> list[ImageAnalysis]:
         analyzer = self._analyzer
         assert analyzer is not None
-        results = analyzer.analyze_fast([job.payload for job in jobs])
+        results = analyzer.analyze_fast([job.payload for job in jobs], read=[job.read_text for job in jobs])
         self._observe_roles(analyzer)
         return results
 

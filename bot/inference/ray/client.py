@@ -298,11 +298,13 @@ class RayInferenceClient(BackendBase):
         filename: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
         priority: Priority = Priority.BACKGROUND,
+        read_text: bool = True,
     ) -> tuple[ImageAnalysis, DecodedImage | None]:
         """The full analysis (no tiers on a cluster): ``(complete record, None)``.
 
         The record has ``caption_pending`` False, so a caller never needs :meth:`caption` for it; the
-        decoded image stays in the replica, hence None.
+        decoded image stays in the replica, hence None. ``read_text`` is accepted for the protocol
+        and ignored: a complete record always has its words read (never ``text_pending``).
         """
         record: ImageAnalysis = await self._run(JobKind.IMAGE, "analyze", timeout, bytes(data), filename)
         return record, None
