@@ -69,6 +69,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "discord": base.discord.model_copy(update={"heartbeat_file": str(data_dir / "heartbeat.json")}),
             "rate_limits": base.rate_limits.model_copy(update={"per_user": 1000, "per_channel": 1000}),
             "queue": base.queue.model_copy(update={"max_wait_ms": args.max_wait_ms}),
+            **({"ingest": base.ingest.model_copy(update={"read_in_first_look_below": args.read_below})}
+               if args.read_below is not None else {}),
         })
         bot = ImageBot(settings, Services(settings, analyzer_factory=lambda: analyzer))
         make_fast(bot)
@@ -200,7 +202,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
          f"- settings: queue max_batch_size {queue.max_batch_size}, background_batch_size "
          f"{queue.background_batch_size}, max_wait_ms {queue.max_wait_ms:g}, preempt_background "
          f"{queue.preempt_background}; ingest fast_in_flight {ingest.fast_in_flight}, caption_in_flight "
-         f"{ingest.caption_in_flight}"],
+         f"{ingest.caption_in_flight}, read_in_first_look_below {ingest.read_in_first_look_below}"],
         noise_note="one run",
     )
     lines += [
@@ -232,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--probe-every-s", type=float, default=3.0, help="0: no interactive probes")
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--read-below", type=int, default=None,
+                        help="ingest.read_in_first_look_below (default: the config's)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--out", default=str(RESULTS / "burst_cpu.md"))
     args = parser.parse_args(argv)

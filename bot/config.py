@@ -190,9 +190,9 @@ class IngestSettings(_Section):
     # their first look; from this many on it skips the reader and the words come with the complete
     # analysis instead. Measured on a 2-core CPU: the reader (~39 ms a photo, 0.3-1 s a picture with
     # text, one at a time in the model turn) took a 150-picture burst's findable p95 from 6.2 s to
-    # 16.3 s (target 10 s). The picture itself counts, so 1 is the same as 0: never read in the first
-    # look; a huge value: always.
-    read_in_first_look_below: Annotated[int, Field(ge=0)] = 16
+    # 16.3 s (target 10 s); with 16 here 10.8 s, with 4 9.2 s (bench/results/burst_cpu.md). The picture
+    # itself counts, so 1 is the same as 0: never read in the first look; a huge value: always.
+    read_in_first_look_below: Annotated[int, Field(ge=0)] = 4
 
 
 class QueueSettings(_Section):

@@ -72,7 +72,7 @@ def test_text_pending_round_trips_and_survives_the_caption(analyzer) -> None:
 
 
 def test_ingest_setting_defaults_and_bounds() -> None:
-    assert IngestSettings().read_in_first_look_below == 16
+    assert IngestSettings().read_in_first_look_below == 4
     assert IngestSettings(read_in_first_look_below=0).read_in_first_look_below == 0
     with pytest.raises(ValueError):
         IngestSettings(read_in_first_look_below=-1)
