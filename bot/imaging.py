@@ -1015,14 +1015,13 @@ def _decode(
         # the reader's copy without one (glyph edges survive a 1/2 DCT scale, and a 12 MP photo then
         # decodes at 3 MP instead of 12: with the gray conversion before the resize, measured 92 → 33 ms,
         # bench/results/decode_isolation.md).
-        wanted_size = (math.ceil(final_size[0] * _REDUCING_GAP), math.ceil(final_size[1] * _REDUCING_GAP))
-        if text_final is not None:
-            wanted_size = (max(wanted_size[0], text_final[0]), max(wanted_size[1], text_final[1]))
         if fmt == "JPEG" and final_size != (width, height):
             # DCT-domain downscale by 1/2, 1/4 or 1/8 while staying >= _REDUCING_GAP x the
             # final size.  Must happen before load(); draft() also keeps the mode as is
             # for CMYK/L (it only ever changes RGB -> L/YCbCr, which we don't ask for).
-            wanted = (max(1, wanted_size[0]), max(1, wanted_size[1]))
+            wanted = (math.ceil(final_size[0] * _REDUCING_GAP), math.ceil(final_size[1] * _REDUCING_GAP))
+            if text_final is not None:
+                wanted = (max(wanted[0], text_final[0]), max(wanted[1], text_final[1]))
             drafted = im.draft("RGB", wanted)
             if drafted is not None:
                 box = drafted[1]  # the drafted image's valid area (edges may be partial)

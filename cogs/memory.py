@@ -22,11 +22,10 @@ from bot.errors import UserFacingError
 from bot.memory.service import Audience, Filters, MemoryService
 from cogs.utils.errors import AnsweringView
 from cogs.utils.messages import incoming_images
-from cogs.utils.results import paged
+from cogs.utils.results import RESULT_LIMIT, paged
 from cogs.utils.visibility import private_audience
 
 log = logging.getLogger(__name__)
-RESULT_LIMIT = 12
 
 
 def parse_day(value: str | None, *, field: str) -> datetime | None:

@@ -116,6 +116,9 @@ class IngestBacklog:
         self.on_event: Callable[[BacklogEvent], Awaitable[None]] | None = None
         self.resolver: Resolver | None = None
         self._items: dict[int, _Item] = {}  # attachment id → item, for every picture waiting in either tier
+        # The ids in _items still at the "fast" stage, kept beside it so the per-picture "how many wait for a
+        # first look" (ingest.read_in_first_look_below) is O(1) even with thousands waiting for captions.
+        self._fast_ids: set[int] = set()
         # Attachment ids in arrival order per tier. Finished pictures are not searched out of these:
         # a worker skips an id that is no longer in _items (or no longer at that stage).
         self._fast: deque[int] = deque()
@@ -225,26 +228,14 @@ class IngestBacklog:
         items = list(self._items.values())
         oldest = min((item.accepted_at for item in items), default=None)
         return {
-            "backlog_fast": float(sum(item.stage == "fast" for item in items)),
-            "backlog_caption": float(sum(item.stage == "caption" for item in items)),
+            "backlog_fast": float(len(self._fast_ids)),
+            "backlog_caption": float(len(items) - len(self._fast_ids)),
             "backlog_oldest_age_seconds": time.time() - oldest if oldest is not None else 0.0,
             "backlog_dropped_total": float(self.dropped),
             "backlog_failed_total": float(self.failed),
             "backlog_done_total": float(self.done),
             "backlog_text_deferred_total": float(self.text_deferred),
         }
-
-    def _first_looks_waiting(self, at_least: int) -> int:
-        """Pictures waiting for their first look (queued or in a worker's hands: every item still at
-        the "fast" stage), counted up to ``at_least`` only: only the comparison is needed, and the
-        backlog may hold thousands of pictures waiting for their captions."""
-        count = 0
-        for item in self._items.values():
-            if item.stage == "fast":
-                count += 1
-                if count >= at_least:
-                    break
-        return count
 
     def _read_in_first_look(self) -> bool:
         """Whether the next first look reads the picture's words (``ingest.read_in_first_look_below``).
@@ -254,7 +245,7 @@ class IngestBacklog:
         what makes a picture findable; the words then come with the complete analysis. One log line
         when this switches, not one per picture."""
         threshold = self.settings.read_in_first_look_below
-        defer = threshold == 0 or self._first_looks_waiting(threshold) >= threshold
+        defer = len(self._fast_ids) >= threshold
         if defer != self._deferring:
             self._deferring = defer
             if defer and threshold:
@@ -270,6 +261,10 @@ class IngestBacklog:
     def _enqueue(self, item: _Item) -> None:
         """Into the lane of the tier it waits for, behind what arrived before it."""
         self._items[item.ref.attachment_id] = item
+        if item.stage == "fast":
+            self._fast_ids.add(item.ref.attachment_id)
+        else:
+            self._fast_ids.discard(item.ref.attachment_id)
         lane, ready = self._lane(item.stage)
         lane.append(item.ref.attachment_id)
         ready.set()
@@ -334,9 +329,9 @@ class IngestBacklog:
             await self._emit("captioned", ref, image.filename)
             return
         self._fast_records[ref.attachment_id] = fast
-        if fast.text_pending:
+        if fast.text_pending:  # completed from the bytes (see _complete): its decoded image is not kept
             self.text_deferred += 1
-        elif decoded is not None:  # a first look without its words is completed from the bytes: keep nothing
+        elif decoded is not None:
             self._decoded[ref.attachment_id] = decoded
             while len(self._decoded) > self.settings.decoded_cache:
                 self._decoded.popitem(last=False)
@@ -478,6 +473,7 @@ class IngestBacklog:
 
     def _forget_locally(self, attachment_id: int) -> None:
         self._items.pop(attachment_id, None)
+        self._fast_ids.discard(attachment_id)
         self._fast_records.pop(attachment_id, None)
         self._decoded.pop(attachment_id, None)
 

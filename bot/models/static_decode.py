@@ -188,7 +188,7 @@ class StepBuffers:
                 *self.cross_keys, *self.cross_values, self.unfinished, self.out, self.alive]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Plan:
     """The static facts of one call that shapes and captured graphs depend on."""
 
@@ -204,15 +204,12 @@ class _Plan:
         """T: cache slots; the last generated token is never fed back, so L + N - 1."""
         return self.prompt_len + self.max_new - 1
 
-    def key(self) -> tuple[Any, ...]:
-        return (self.prompt_len, self.max_new, self.suppress_eos_below, self.dtype, self.device, self.image_tokens)
-
 
 @dataclass
 class _Workspace:
     """Graph mode: buffers for ``capacity`` rows, the graphs captured on them, their shared memory pool."""
 
-    plan_key: tuple[Any, ...]
+    plan: _Plan
     capacity: int
     buffers: StepBuffers
     graphs: dict[int, Callable[[], None]] = field(default_factory=dict)
@@ -352,12 +349,12 @@ class StaticBlipDecoder:
         count = int(prompt.shape[0])
         bucket = bucket_size(count)
         workspace = self._workspace
-        if workspace is None or workspace.plan_key != plan.key() or workspace.capacity < bucket:
+        if workspace is None or workspace.plan != plan or workspace.capacity < bucket:
             # A new shape or a bigger bucket: drop the old graphs and buffers first (GPU memory), then
             # buffers for this bucket; smaller buckets are captured again on their first rows.
             self._workspace = workspace = None
             pool = torch.cuda.graph_pool_handle() if plan.device.type == "cuda" else None
-            workspace = _Workspace(plan.key(), bucket, self._allocate(plan, bucket, cross=True), pool=pool)
+            workspace = _Workspace(plan, bucket, self._allocate(plan, bucket, cross=True), pool=pool)
             self._workspace = workspace
         buffers = workspace.buffers.rows(bucket)
         replay = workspace.graphs.get(bucket)

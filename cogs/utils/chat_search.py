@@ -14,11 +14,10 @@ import discord
 from bot.errors import UserFacingError
 from bot.memory.intent import SearchIntent
 from bot.memory.service import Filters, MemoryService
-from cogs.utils.results import paged
+from cogs.utils.results import RESULT_LIMIT, paged
 from cogs.utils.visibility import public_audience
 
 log = logging.getLogger(__name__)
-RESULT_LIMIT = 12  # as /find
 
 
 async def answer_search(memory: MemoryService, message: discord.Message, intent: SearchIntent) -> None:

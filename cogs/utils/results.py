@@ -18,6 +18,7 @@ from bot.memory.records import StoredImage
 from bot.memory.store import SearchHit
 from cogs.utils.errors import AnsweringView
 
+RESULT_LIMIT = 12  # pictures one search shows (/find and a search asked in plain words)
 PAGE_SIZE = 4  # embeds per page: each carries a thumbnail, so keep pages glanceable
 SNIPPET_CHARS = 200  # of the picture's own text, on its card
 
