@@ -180,14 +180,14 @@ class InferenceQueue(BackendBase):
         # The decoder processes: shared when given (Services shares them with /vibe), else our own.
         self._owns_decoder = decoder is None
         self.decoder = decoder or DecodeSandbox.from_settings(self.image_settings, workers=self.settings.decode_workers)
-        # The GPU JPEG path: given (used as is, whatever the device: tests drive it on the CPU), or made on
-        # the first decode once the models' device is known (queue.gpu_decode), or never (None).
-        self._gpu_decoder = gpu_decoder
-        self._gpu_decoder_decided = gpu_decoder is not None
-        self._gpu_decoder_lock = threading.Lock()
+        # The GPU JPEG path: given (used as is, whatever the device: tests drive it on the CPU), or made
+        # once the models' device is known (queue.gpu_decode; here for a loaded analyzer, else in _load),
+        # or never (None). Decodes read it only after _text_size() waited for the models.
+        self.gpu_decoder: GpuJpegDecoder | None = gpu_decoder
         if isinstance(analyzer, AnalyzerLike) and not isinstance(analyzer, type):  # a class is a factory
             self._analyzer: AnalyzerLike | None = analyzer
             self._factory: Callable[[], AnalyzerLike] | None = None
+            self._choose_gpu_decoder(analyzer)
         else:
             self._analyzer, self._factory = None, analyzer
         self._is_oom = is_oom
@@ -423,31 +423,18 @@ class InferenceQueue(BackendBase):
             return gpu.decode(data, filename=filename, text_size=text_size)
         return self.decoder.decode(data, filename=filename, text_size=text_size)
 
-    @property
-    def gpu_decoder(self) -> GpuJpegDecoder | None:
-        """The GPU JPEG decoder, or None (``queue.gpu_decode`` off, models not on CUDA, or not loaded yet).
-
-        Decided once, from the loaded analyzer's device (a decode only gets here after
-        :meth:`_text_size` waited for the models), so a CPU host never builds one."""
-        if self._gpu_decoder_decided:
-            return self._gpu_decoder
-        analyzer = self._analyzer
-        if analyzer is None:  # not loaded (or loading failed): the CPU path, and decide later
-            return None
-        with self._gpu_decoder_lock:
-            if not self._gpu_decoder_decided:
-                device = getattr(analyzer, "device", None)
-                if gpu_decode_wanted(self.settings.gpu_decode, device):
-                    assert device is not None
-                    images = self.image_settings
-                    self._gpu_decoder = GpuJpegDecoder(
-                        device, fallback=self.decoder.decode, max_bytes=images.max_bytes,
-                        max_pixels=images.max_pixels, target_size=images.target_size,
-                        max_batch=self.settings.max_batch_size,
-                    )
-                    log.info("inference queue: decoding JPEGs on %s (queue.gpu_decode)", device)
-                self._gpu_decoder_decided = True
-        return self._gpu_decoder
+    def _choose_gpu_decoder(self, analyzer: AnalyzerLike) -> None:
+        """Build the GPU JPEG decoder if ``queue.gpu_decode`` wants one for the models' device (a CPU
+        host never builds one); a decoder given to the constructor stays."""
+        device = getattr(analyzer, "device", None)  # test stand-ins may have none: the CPU path
+        if self.gpu_decoder is not None or device is None or not gpu_decode_wanted(self.settings.gpu_decode, device):
+            return
+        images = self.image_settings
+        self.gpu_decoder = GpuJpegDecoder(
+            device, fallback=self.decoder.decode, max_bytes=images.max_bytes, max_pixels=images.max_pixels,
+            target_size=images.target_size, max_batch=self.settings.max_batch_size,
+        )
+        log.info("inference queue: decoding JPEGs on %s (queue.gpu_decode)", device)
 
     def _text_size(self) -> int:
         """The reader copy the analyzer wants from the decoder (``Analyzer.text_size``; 0: none).
@@ -525,6 +512,7 @@ class InferenceQueue(BackendBase):
                 self._loaded.set()
                 self._signal_ready(loop, exc)
                 return False
+            self._choose_gpu_decoder(self._analyzer)
         if not self._loaded.is_set():
             if self.settings.preempt_background:
                 self._analyzer.set_yield_point(self._board.checkpoint)
