@@ -235,8 +235,7 @@ async def _describe(settings: Settings, paths: Sequence[Path], emit: Callable[[_
         _log_backend_summary(services.queue.metrics)
     except BaseException:
         with contextlib.suppress(Exception):  # the original error (or Ctrl-C) is what gets reported
-            await services.queue.close(drain=False, timeout=_DESCRIBE_STOP_GRACE_S)
-            await services.close()
+            await services.close(drain=False, timeout=_DESCRIBE_STOP_GRACE_S)
         raise
     await services.close()
 

@@ -141,11 +141,13 @@ class Services:
         self.queue.metrics.register_source("ingest", self.backlog.gauges)
         self.backlog.start()
 
-    async def close(self) -> None:
+    async def close(self, *, drain: bool = True, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Stop everything; ``drain``/``timeout`` are the inference backend's (``describe`` on Ctrl-C
+        stops it without finishing its jobs)."""
         try:
             if self.backlog is not None:
                 await self.backlog.close()  # what waits stays in the ledger for the next start
-            await self.queue.close()
+            await self.queue.close(drain=drain, timeout=timeout)
             await asyncio.to_thread(self.decoder.close)
         finally:
             if self.memory is not None:
