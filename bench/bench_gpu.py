@@ -49,9 +49,11 @@ from bench.common import (
     bench_photos,
     ensure_real_size_models,
     fmt_s,
+    force_caption_length,
     load_real_size_analyzer,
     machine_info,
     percentile,
+    timed,
     write_report,
 )
 from bot.config import QueueSettings
@@ -234,21 +236,16 @@ def decoder_timing(captioner: Any, pixels: Any, device: str, batches: tuple[int,
     import torch
 
     tokens = captioner.max_new_tokens
-    captioner.model.text_decoder.generation_config.min_new_tokens = tokens  # every caption: `tokens` tokens
+    force_caption_length(captioner, tokens)  # every caption: `tokens` tokens
     rows = []
     for batch in batches:
         items = pixels[(torch.arange(batch) % pixels.shape[0])].to(captioner.device)
 
         def best(run: Any, items: Any = items) -> float:
-            run(items)  # warm-up at this shape (kernel selection; graph capture for the graph decoder)
-            samples = []
-            for _ in range(reps):
-                _sync(device)
-                started = time.perf_counter()
-                run(items)
-                _sync(device)
-                samples.append(time.perf_counter() - started)
-            return min(samples)
+            # One warm-up at this shape (kernel selection; graph capture for the graph decoder), then the
+            # fastest of `reps`; each call ends synchronised so its time is the device's.
+            _sync(device)
+            return min(timed(lambda: (run(items), _sync(device)), reps=reps))
 
         with torch.inference_mode():
             vision = best(lambda px: captioner.model.vision_model(pixel_values=px.to(captioner.dtype)))
