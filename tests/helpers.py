@@ -4,6 +4,7 @@ module imports another. A helper that one module alone uses stays in that module
 
 - Store records: the guild, channel and people ids, vectors drawn from one seeded stream (``reseed``),
   and ``analysis`` / ``ref`` / ``settings_for``.
+- Inference queue settings for tests (``queue_settings``).
 - A real ``chroma run`` server (``ChromaServer``, ``running_chroma``); the ``chroma_process`` and
   ``chroma_server`` fixtures in tests/conftest.py start one per test.
 - The Discord protocol peer: the bot's reactions, posting a picture and waiting for its first look,
@@ -31,7 +32,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from bot.analysis import ImageAnalysis, Scored, Sentiment
-from bot.config import MemorySettings, Settings
+from bot.config import MemorySettings, QueueSettings, Settings
 from bot.memory.records import ImageRef
 from bot.memory.store import Audience
 
@@ -101,6 +102,13 @@ def ref(attachment_id: int, *, guild=GUILD_A, channel=PUBLIC, author=ALICE, mess
 
 def settings_for(tmp_path: Path, **memory) -> Settings:
     return Settings(memory=MemorySettings(**memory), base_dir=str(tmp_path))
+
+
+def queue_settings(**overrides: object) -> QueueSettings:
+    """Small, quick queue settings for tests: no batching wait, a short queue; ``overrides`` win."""
+    values: dict[str, object] = {"max_batch_size": 8, "max_wait_ms": 0.0, "max_queued": 64, "job_timeout_s": 60.0,
+                                 "decode_workers": 2}
+    return QueueSettings(**{**values, **overrides})  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- a real Chroma server

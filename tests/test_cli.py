@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import hostile_corpus as corpus
 from tests.helpers import FakeHub, served
 
 ROOT = Path(__file__).parent.parent
@@ -439,15 +440,7 @@ def test_global_options_before_or_after_any_subcommand(tmp_path, capsys):
 
 def pixel_bomb() -> bytes:
     """A PNG whose header claims 60,000 x 60,000 pixels: the decoder refuses it before any pixel is read."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60_000, 60_000, 8, 2, 0, 0, 0)) + chunk(
-        b"IEND", b"")
+    return corpus.png_claiming(60_000, 60_000)
 
 
 async def test_describe_submits_each_file_to_the_inference_queue(cli_main, capsys, monkeypatch, tiny_config_path,

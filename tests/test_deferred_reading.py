@@ -27,14 +27,24 @@ import pytest
 from PIL import Image
 
 from bot.analysis import ImageAnalysis
-from bot.config import IngestSettings, QueueSettings
+from bot.config import IngestSettings
 from bot.imaging import decode_image
 from bot.inference import InferenceQueue, Priority
 from bot.memory.records import ImageRef
 from bot.memory.store import ImageStore
 from bot.memory.words import searchable_text
 from cogs.images import SEEN_REACTION
-from tests.helpers import GUILD_A, analysis, ref, run_find, screenshot, settings_for, wait_reaction
+from tests import hostile_corpus as corpus
+from tests.helpers import (
+    GUILD_A,
+    analysis,
+    queue_settings,
+    ref,
+    run_find,
+    screenshot,
+    settings_for,
+    wait_reaction,
+)
 
 LINES = ["Error: disk quota exceeded", "ask the admin for more space"]
 PHRASE = "disk quota exceeded"
@@ -43,15 +53,8 @@ OTHER = ["meeting moved to 5pm", "bring the slides"]
 MANY = {"rate_limits": {"per_user": 1000, "per_channel": 1000}}
 
 
-def queue_settings(**overrides: float) -> QueueSettings:
-    values = {"max_batch_size": 8, "max_wait_ms": 0.0, "max_queued": 64, "job_timeout_s": 60.0, "decode_workers": 2}
-    return QueueSettings(**{**values, **overrides})
-
-
 def jpeg(data: bytes) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    return corpus.encode(Image.open(io.BytesIO(data)).convert("RGB"), "JPEG", quality=90)
 
 
 # ----------------------------------------------------------------------------- the record

@@ -11,6 +11,7 @@ orientation exactly; pixels within a few levels); and the queue only builds the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import threading
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from bot.imaging import (
 from bot.inference import InferenceQueue, gpu_decode
 from bot.inference.gpu_decode import GpuJpegDecoder, gpu_decode_wanted, orient, read_jpeg_header
 from bot.pipeline import Analyzer
+from tests import helpers
 from tests import hostile_corpus as corpus
 
 CPU = torch.device("cpu")
@@ -65,15 +67,7 @@ class CountingDecode:
 
 
 def jpeg(image: Image.Image, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90, **params)
-    return buffer.getvalue()
-
-
-def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
+    return corpus.encode(image, "JPEG", quality=90, **params)
 
 
 def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
@@ -151,7 +145,7 @@ def test_a_large_photo_is_shrunk_like_the_cpu_path(decoder, photos):
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied_as_on_the_cpu_path(decoder, photos, orientation):
+def test_exif_orientation_is_applied_as_on_the_cpu_path(photos, orientation):
     photo = Image.open(io.BytesIO(photos["chelsea"])).resize((240, 160))
     data = jpeg(photo, exif=corpus.exif_blob(orientation))
     assert read_jpeg_header(data).orientation == orientation  # type: ignore[union-attr]
@@ -177,7 +171,7 @@ def test_orientation_from_xmp_and_garbled_exif_read_as_pillow_does(decoder, phot
 def test_other_formats_and_jpegs_the_device_must_not_take_go_to_the_cpu_path(decoder, counting, photos):
     photo = Image.open(io.BytesIO(photos["coffee"])).resize((90, 60))
     files = {
-        "not_jpeg": [encode(photo, "PNG"), encode(photo, "GIF"), encode(photo, "WEBP")],
+        "not_jpeg": [corpus.encode(photo, "PNG"), corpus.encode(photo, "GIF"), corpus.encode(photo, "WEBP")],
         "colour": [jpeg(photo.convert("CMYK"))],  # 4 components (Adobe CMYK)
         "incomplete": [jpeg(photo)[:-300]],  # truncated: Pillow refuses, libjpeg would pad with grey
     }
@@ -301,9 +295,8 @@ def test_concurrent_callers_are_decoded_together(photos):
 # --------------------------------------------------------------------------- the queue
 
 
-def queue_settings(**overrides: object) -> QueueSettings:
-    values: dict[str, object] = {"max_batch_size": 8, "max_wait_ms": 5.0, "job_timeout_s": 60.0, "decode_workers": 2}
-    return QueueSettings(**{**values, **overrides})  # type: ignore[arg-type]
+# The shared settings with a 5 ms batching wait and QueueSettings' own queue bound.
+queue_settings = functools.partial(helpers.queue_settings, max_wait_ms=5.0, max_queued=256)
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -314,7 +307,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 async def test_the_queue_analyses_through_the_device_path_like_the_cpu_path(analyzer, photos):
     """End to end with the tiny models: JPEGs through the device path (on the CPU), a PNG through the
     decoder process, both tiers; the records match the CPU path's closely."""
-    png = encode(Image.open(io.BytesIO(photos["coffee"])), "PNG")
+    png = corpus.encode(Image.open(io.BytesIO(photos["coffee"])), "PNG")
     files = [photos["astronaut"], photos["rocket"], broken_scan(photos["chelsea"]), png]
     with DecodeSandbox(workers=1, timeout_s=60) as sandbox:
         counting = CountingDecode()

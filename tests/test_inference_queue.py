@@ -9,6 +9,7 @@ depends on how long anything took.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import re
 import threading
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 
 from bot.analysis import Sentiment
-from bot.config import ImageSettings, QueueSettings
+from bot.config import ImageSettings
 from bot.imaging import DecodedImage, ImageRejected, decode_image
 from bot.inference import (
     AnalyzerLike,
@@ -37,6 +38,7 @@ from bot.inference import (
 )
 from bot.inference.batching import predict_splitting_on_oom
 from bot.pipeline import PreparedImage, StageTimings
+from tests.helpers import queue_settings
 
 GATE_TIMEOUT_S = 10.0  # a safety net against hangs only; never reached when the tests pass
 
@@ -55,9 +57,8 @@ def noisy_jpeg(width: int, height: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def settings(**overrides: float) -> QueueSettings:
-    values = {"max_batch_size": 8, "max_wait_ms": 5.0, "max_queued": 64, "job_timeout_s": 30.0, "decode_workers": 2}
-    return QueueSettings(**{**values, **overrides})
+# The shared settings with a 5 ms batching wait and a 30 s job timeout.
+settings = functools.partial(queue_settings, max_wait_ms=5.0, job_timeout_s=30.0)
 
 
 @dataclass(frozen=True)

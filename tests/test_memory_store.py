@@ -62,13 +62,18 @@ def store(tmp_path) -> ImageStore:
 def search(store: ImageStore, guild=GUILD_A, *, text=None, clip=None, visible=None, nsfw=False, requester=ALICE,
            **kwargs):
     """The store's search for an audience built from these few words, explicit filters by keyword."""
-    filters = Filters(**{key: kwargs.pop(key) for key in list(kwargs) if key in FILTER_KEYS})
+    filters = pop_filters(kwargs)
     audience = Audience(requester, guild, None if visible is None else frozenset(visible), nsfw)
     return store.search(audience, filters, text_vector=text, clip_vector=clip, **kwargs)
 
 
 ALICE_PUBLIC = Audience(ALICE, GUILD_A, frozenset({PUBLIC}), False)  # alice, who can read #public only
 FILTER_KEYS = {"author_id", "channel_id", "sentiment", "topic", "since", "until"}
+
+
+def pop_filters(kwargs: dict) -> Filters:
+    """The explicit filters among ``kwargs``, taken out of it (the rest goes on to the store)."""
+    return Filters(**{key: kwargs.pop(key) for key in list(kwargs) if key in FILTER_KEYS})
 
 
 def ids(hits) -> list[int]:
@@ -596,7 +601,7 @@ def test_browse_reads_back_in_time_slices(store):
     store.upsert(ref(7, when=now + timedelta(minutes=5)), analysis())  # a clock a little ahead
 
     def page(**kwargs) -> list[int]:
-        filters = Filters(**{key: kwargs.pop(key) for key in list(kwargs) if key in FILTER_KEYS})
+        filters = pop_filters(kwargs)
         return [image.attachment_id for image in store.browse(ALICE_PUBLIC, filters, now=now, **kwargs)]
 
     assert page(limit=2) == [7, 1]

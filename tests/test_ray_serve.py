@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,15 +67,10 @@ from bot.inference import (  # noqa: E402
 from bot.inference.ray.client import RayInferenceClient  # noqa: E402
 from bot.inference.ray.deploy import deploy  # noqa: E402
 from bot.inference.ray.wire import HTTP_ROUTE_PREFIX, KNOWN_ERRORS, Outcome, WireError  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 TOLERANCE = 1e-5
 DEPLOYMENT = "InferenceDeployment"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +99,7 @@ def ray_app(ray_settings: Settings, crash_flag: Path) -> Iterator[int]:
     )
     try:
         assert ray.util.get_node_ip_address() == "127.0.0.1", "the test Ray must listen on loopback only"
-        port = _free_port()
+        port = free_port()
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         deploy(ray_settings, route_prefix=HTTP_ROUTE_PREFIX, crash_once_file=str(crash_flag))
         yield port
@@ -498,7 +492,7 @@ def test_describe_with_an_unreachable_cluster_says_so_in_one_line_and_exits(
     (``ray.init`` retries it forever, and ``asyncio.run`` joined the thread it ran in) and took Ray
     Client's own ~30 s of retries for ``ray://``; the bound below is well under both."""
     config = tmp_path / "config.toml"
-    address = f"{scheme}127.0.0.1:{_free_port()}"
+    address = f"{scheme}127.0.0.1:{free_port()}"
     config.write_text(f'[inference]\nbackend = "ray"\nray_address = "{address}"\n\n[queue]\njob_timeout_s = 1\n')
     image = tmp_path / "rocket.jpg"
     image.write_bytes(photos["rocket"])

@@ -9,6 +9,7 @@ names its decode threads ``imagebot-decode-N`` and its model workers ``imagebot-
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -17,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bot.config import ConfigError, OcrSettings, QueueSettings, load_settings
+from bot.config import ConfigError, OcrSettings, load_settings
 from bot.imaging import DecodedImage, decode_image
 from bot.inference import InferenceQueue
 from bot.models.reader import TextReader
 from bot.pipeline import Analyzer, PreparedImage, ReaderPool, read_placement
-from tests.helpers import screenshot
+from tests.helpers import queue_settings, screenshot
 
 LINES = ["Error: connection refused (port 5432)", "meeting moved to 5pm"]
 EXPECTED = "\n".join(LINES)
@@ -71,11 +72,6 @@ def prepare_analyzer(tiny_settings) -> Iterator[Analyzer]:
     analyzer.set_yield_point(None)  # the hooks a queue installed call nothing once it is gone
 
 
-def queue_settings(**overrides: float) -> QueueSettings:
-    values = {"max_batch_size": 8, "max_wait_ms": 0.0, "max_queued": 64, "job_timeout_s": 60.0, "decode_workers": 2}
-    return QueueSettings(**{**values, **overrides})
-
-
 @pytest.fixture(scope="module")
 def shot() -> bytes:
     return screenshot(LINES)
@@ -116,15 +112,27 @@ async def test_model_turn_reads_on_the_worker_threads_as_before(analyzer, reads,
     assert reads.threads == [INTERACTIVE_WORKER, "imagebot-inference-first-look"]
 
 
-async def test_decode_threads_read_side_by_side_on_readers_of_their_own(prepare_analyzer, reads):
-    """Four screenshots at once through two decode threads: each read right, at most two readers built."""
+async def test_decode_threads_read_side_by_side_on_readers_of_their_own(prepare_analyzer, reads, monkeypatch):
+    """Four screenshots at once through two decode threads: the first two reads are held until both are
+    in flight, so two readers must be in use at once; each read right, exactly two readers built."""
     texts = [[f"invoice number {n}0{n}", "total due friday"] for n in range(1, 5)]
+    both_reading = threading.Barrier(2, timeout=60.0)  # a safety net against hangs only
+    calls = itertools.count()
+    recorded = TextReader.read  # the ``reads`` fixture's wrapper
+
+    def read(self: TextReader, images: Sequence[Image.Image]) -> list[str]:
+        if next(calls) < 2:  # the first two reads meet here: each holds a reader of its own meanwhile
+            both_reading.wait()
+        return recorded(self, images)
+
+    monkeypatch.setattr(TextReader, "read", read)
     async with InferenceQueue(prepare_analyzer, queue_settings(max_batch_size=4, max_wait_ms=200)) as queue:
         records = await asyncio.gather(*(queue.analyze(screenshot(lines), filename="x.png") for lines in texts))
     assert [record.text for record in records] == ["\n".join(lines) for lines in texts]
     assert all(name.startswith(DECODE_THREAD) for name in reads.threads)
+    assert len(set(reads.threads)) == 2, reads.threads
     pool = prepare_analyzer._reader_pool
-    assert pool is not None and pool.size == 2 and 1 <= pool.built <= 2
+    assert pool is not None and pool.size == 2 and pool.built == 2
 
 
 # ----------------------------------------------------------------------------- what is read where
