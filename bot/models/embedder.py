@@ -14,8 +14,10 @@ from bot.config import Settings
 class TextEmbedder:
     @classmethod
     def from_settings(cls, settings: Settings) -> TextEmbedder:
-        """The configured embedder, resolved like every role (a missing model raises ModelUnavailable);
-        the pipeline and the CLI's ``topics`` both load it here."""
+        """The configured embedder, resolved like every role (a missing model raises ModelUnavailable),
+        for callers that need it alone (the CLI's ``topics``). ``Analyzer.from_settings`` resolves every
+        role's path before loading any, so it names a missing model before minutes of loading, and
+        builds the embedder from that path itself."""
         from bot.models.device import resolve_device
         from bot.models.hub import resolve_hf
 
